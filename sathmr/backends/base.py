@@ -1,0 +1,50 @@
+"""The backend interface and the factory that picks one by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from sathmr.config import ModelConfig
+from sathmr.errors import SathmrError
+
+
+class Backend(ABC):
+    """Runs the network on a preprocessed batch. Nothing else differs between backends."""
+
+    name: str = "?"
+    cfg: ModelConfig
+    #: fixed (H, W) input of a static graph; None = any multiple of 56 up to the canvas
+    canvas_hw: tuple[int, int] | None = None
+    #: fixed batch size of a static graph; None = any
+    fixed_batch: int | None = None
+    #: what the backend was built from (checkpoint, providers, budgets...), for logs and bench
+    info: dict
+
+    @abstractmethod
+    def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B,3,H,W) float32 normalised, img_hw (B,2) int64 → NET_OUTPUTS as CPU tensors."""
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.info.items() if isinstance(v, (str, int, float)))})"
+
+
+BACKENDS = ("torch", "torch-static", "ort", "trt")
+
+
+def load_backend(name: str, **kwargs) -> Backend:
+    """Build a backend by name; imports of optional engines happen only here, lazily."""
+    if name == "torch":
+        from sathmr.backends.torch_backend import TorchBackend
+        return TorchBackend.from_checkpoint(**kwargs)
+    if name == "torch-static":
+        from sathmr.backends.torch_backend import TorchBackend
+        return TorchBackend.from_checkpoint(static=True, **kwargs)
+    if name == "ort":
+        from sathmr.backends.ort_backend import OrtBackend
+        return OrtBackend.from_file(**kwargs)
+    if name == "trt":
+        from sathmr.backends.trt_backend import TrtBackend
+        return TrtBackend.from_file(**kwargs)
+    raise SathmrError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

@@ -1,0 +1,36 @@
+"""The `sathmr` command line. User errors print one line and exit non-zero; bugs keep their traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from sathmr import __version__
+from sathmr.errors import SathmrError
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SathmrError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sathmr")
+def main() -> None:
+    """SAT-HMR: real-time multi-person 3D human mesh estimation with scale-adaptive tokens."""
+
+
+def _register() -> None:
+    from sathmr.body.cli import assets
+    from sathmr.infer import infer_command
+
+    main.add_command(assets)
+    main.add_command(infer_command)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""Static-shape export (ONNX, TensorRT) with fixed token budgets."""

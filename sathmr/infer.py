@@ -1,0 +1,163 @@
+"""`sathmr infer`: images, folders or videos → overlays, per-person JSON, meshes and raw outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from sathmr.errors import SathmrError
+from sathmr.io import InputItem, iter_inputs, write_json, write_meshes, write_npz, write_png
+from sathmr.postprocess import ImageResult
+
+
+@dataclass
+class OutputPlan:
+    root: Path
+    thresholds: tuple[float, ...]
+    overlay: bool = True
+    mesh: str | None = None        # "obj" | "glb"
+    raw: bool = False
+
+    def tdir(self, t: float) -> Path:
+        return self.root / f"thresh_{t:g}"
+
+    def files(self, name: str) -> list[Path]:
+        out = [self.root / "raw" / f"{name}.npz"] if self.raw else []
+        for t in self.thresholds:
+            out += [self.tdir(t) / f"{name}.png"] if self.overlay else []
+            out += [self.tdir(t) / f"{name}.{self.mesh}"] if self.mesh else []
+            out.append(self.tdir(t) / f"{name}.json")   # written last: its presence marks completion
+        return out
+
+    def done(self, name: str) -> bool:
+        return all(p.is_file() for p in self.files(name))
+
+
+def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor) -> None:
+    cfg = predictor.cfg
+    faces = predictor.body_model.faces
+    if plan.raw:
+        write_npz(plan.root / "raw" / f"{res.name}.npz",
+                  {**res.raw, "scale_map": res.extras["scale_map"], "tok_yx": res.extras["tok_yx"],
+                   "tok_lvl": res.extras["tok_lvl"]})
+    for t in plan.thresholds:
+        people = res.people[t]
+        verts = [p.vertices for p in people]
+        if plan.overlay or plan.mesh:
+            from sathmr.render import overlay_mosaic, person_colors
+            colors = person_colors(len(people))
+        if plan.overlay:
+            boxes = np.array([p.box for p in people], dtype=np.float32).reshape(-1, 4) * res.scale
+            img = overlay_mosaic(
+                res.extras["resized_bgr"], boxes, np.array([p.score for p in people]),
+                np.array(verts).reshape(len(people), -1, 3), faces, res.extras["intrinsics"],
+                res.extras["scale_map"], cfg.conf_thresh, res.extras["tok_yx"], res.extras["tok_lvl"], cfg.patch_size)
+            write_png(plan.tdir(t) / f"{res.name}.png", img)
+        if plan.mesh:
+            write_meshes(plan.tdir(t) / f"{res.name}.{plan.mesh}", verts, faces, colors[:, ::-1])
+        write_json(plan.tdir(t) / f"{res.name}.json", {
+            "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),
+            "resize_rate": res.scale, "threshold": t, "backend": predictor.backend.name,
+            "camera": {"focal_px_resized": cfg.focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
+                       "note": "3D outputs are in the camera frame of the resized image; divide pixel "
+                               "quantities by resize_rate for the original image (boxes and joints2d already are)"},
+            "tokens": res.tokens, "num_people": len(people), "people": [p.to_json() for p in people],
+        })
+
+
+@dataclass
+class Summary:
+    processed: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    people: dict[float, int] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=list)
+
+    def report(self, seconds: float, timings: dict) -> str:
+        lines = [f"processed {self.processed} image(s), skipped {self.skipped} already done, failed {len(self.failed)}"]
+        for t, n in sorted(self.people.items()):
+            lines.append(f"  threshold {t:g}: {n} people")
+        if self.tokens:
+            lines.append(f"  tokens per image: mean {np.mean(self.tokens):.0f} (min {min(self.tokens)}, max {max(self.tokens)})")
+        if self.processed:
+            net = sum(timings.get("network", [])) / self.processed
+            lines.append(f"  time: {seconds:.1f} s total, network {net * 1000:.0f} ms/image")
+        lines += [f"  failed: {f}" for f in self.failed]
+        return "\n".join(lines)
+
+
+def run_infer(predictor, inputs: str | Path, plan: OutputPlan, batch_size: int = 1, overwrite: bool = False,
+              progress: bool = True) -> Summary:
+    from tqdm import tqdm
+
+    summary = Summary(people={t: 0 for t in plan.thresholds})
+    pending: list[tuple[InputItem, object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        results = predictor.run_prepared([p for _, p in pending], [it.name for it, _ in pending])
+        for (item, _), res in zip(pending, results):
+            write_result(plan, res, item.source, predictor)
+            summary.processed += 1
+            summary.tokens.append(sum(res.tokens[k] for k in ("level0", "level1", "level2")))
+            for t in plan.thresholds:
+                summary.people[t] += len(res.people[t])
+        pending.clear()
+
+    bar = tqdm(iter_inputs(inputs), desc="infer", unit="img", disable=not progress)
+    for item in bar:
+        if not overwrite and plan.done(item.name):
+            summary.skipped += 1
+            continue
+        try:
+            t0 = time.perf_counter()
+            prepared = predictor.prepare(item.load())
+            predictor.timings["preprocess"].append(time.perf_counter() - t0)
+        except SathmrError as exc:
+            summary.failed.append(f"{item.source}: {exc}")
+            bar.write(f"skipped {item.source}: {exc}")
+            continue
+        pending.append((item, prepared))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return summary
+
+
+@click.command("infer")
+@click.option("--input", "-i", "inputs", required=True, type=click.Path(), help="Image, folder of images, or video file.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--backend", type=click.Choice(["torch", "torch-static", "ort", "trt"]), default="torch", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported model for --backend ort|trt.")
+@click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
+@click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl).")
+@click.option("--threshold", "-t", "thresholds", type=float, multiple=True, default=(0.3,), show_default=True, help="Detection threshold; repeat for several.")
+@click.option("--batch-size", "-b", type=int, default=1, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--save-mesh", type=click.Choice(["obj", "glb"]), is_flag=False, flag_value="obj", default=None, help="Write meshes per image (default format obj).")
+@click.option("--save-raw", is_flag=True, help="Write every query's raw outputs and the exact network input (.npz).")
+@click.option("--no-overlay", is_flag=True, help="Skip the overlay PNGs.")
+@click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
+def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
+                  save_mesh, save_raw, no_overlay, overwrite):
+    """Detect people and estimate their SMPL meshes."""
+    from sathmr.api import load_predictor
+
+    if batch_size < 1:
+        raise SathmrError("--batch-size must be >= 1")
+    predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config, device=device,
+                                     thresholds=thresholds, model_path=model_path)
+    click.echo(info.get("note") or f"model: {info.get('path')}", err=True)
+    plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw)
+    t0 = time.perf_counter()
+    summary = run_infer(predictor, inputs, plan, batch_size, overwrite)
+    click.echo(summary.report(time.perf_counter() - t0, predictor.timings))
+    click.echo(f"outputs in {plan.root}")
+    if summary.failed and not summary.processed and not summary.skipped:
+        raise SystemExit(1)

@@ -1,0 +1,96 @@
+"""Transformer building blocks. Parameter names follow the official checkpoint (timm/DINOv2 style)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def key_mask_bias(key_valid: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, L) bool, True = attend → SDPA boolean mask (B, 1, 1, L), or None when nothing is masked.
+
+    Padding slots of a batch (other images' extra tokens, unused budget slots, cells outside the image)
+    are excluded from every softmax this way, which is what makes a padded batch equal to the
+    original's block-diagonal per-image attention.
+    """
+    if key_valid is None:
+        return None
+    return key_valid[:, None, None, :]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head attention on (B, heads, L, d) tensors; softmax scale 1/sqrt(d of q)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (DETR's MLP); ``dims`` = [in, hidden..., out]."""
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float = 1.0):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class ViTAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = attention(qkv[0], qkv[1], qkv[2], mask)
+        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+
+class ViTMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """DINOv2 pre-norm block with LayerScale (LN eps 1e-6, exact GELU)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = ViTAttention(dim, num_heads)
+        self.ls1 = LayerScale(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = ViTMlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), mask))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def run_blocks(blocks, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    mask = key_mask_bias(key_valid)
+    for blk in blocks:
+        x = blk(x, mask)
+    return x

@@ -1,0 +1,26 @@
+"""Lazy imports of optional packages, with a one-line hint naming the extra that provides them."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from sathmr.errors import SathmrError
+
+# import name -> (pip extra, what it is for)
+EXTRAS = {
+    "onnxruntime": ("ort", "the ONNX Runtime backend"),
+    "tensorrt": ("gpu", "the TensorRT backend and export"),
+    "xformers": ("xformers", "xformers attention kernels"),
+    "onnxscript": ("dev", "ONNX export"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise a SathmrError that says which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra, purpose = EXTRAS.get(module.split(".")[0], (None, module))
+        hint = f"pip install 'sathmr[{extra}]'" if extra else f"pip install {module}"
+        raise SathmrError(f"{module} is needed for {purpose} but is not installed: {hint}") from exc

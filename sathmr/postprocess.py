@@ -1,0 +1,126 @@
+"""Network outputs → people. Shared by every backend, by evaluation and by the training losses.
+
+The network stops at SMPL parameters and a camera; this module applies the original camera model
+(spec §3.4), SMPL (§3.5, via smplx) and the projection (§3.6), then thresholds (no NMS, §4.2) and maps
+results back to original image pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sathmr.config import ModelConfig
+from sathmr.model.geometry import box_cxcywh_to_xyxy, rot6d_to_rotmat, rotmat_to_axis_angle
+
+RAW_OUTPUTS = ("pred_boxes", "pred_confs", "pred_poses", "pred_betas", "pred_transl", "pred_j3ds",
+               "pred_j2ds", "pred_verts", "pred_intrinsics", "pred_depths")
+
+
+def intrinsics(img_hw: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """(B,2) [h, w] → (B,3,3): fixed focal, principal point at the centre of the *unpadded* image."""
+    B = img_hw.shape[0]
+    K = torch.zeros(B, 3, 3, dtype=torch.float32, device=img_hw.device)
+    K[:, 0, 0] = K[:, 1, 1] = cfg.focal
+    K[:, 0, 2] = img_hw[:, 1].float() / 2
+    K[:, 1, 2] = img_hw[:, 0].float() / 2
+    K[:, 2, 2] = 1.0
+    return K
+
+
+def cam_to_transl(cam: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """(…,3) camera head output → translation of the SMPL origin [must match §3.4]."""
+    s = 2 * cam[..., 2].sigmoid() + 1e-6
+    tz = 2 * cfg.focal / (s * cfg.input_size)
+    return torch.stack((cam[..., 0] / s, cam[..., 1] / s, tz), dim=-1)
+
+
+def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """points (B,Q,J,3) camera frame, K (B,3,3) → (B,Q,J,2) canvas pixels."""
+    p = torch.einsum("bij,bqnj->bqni", K, points)
+    return p[..., :2] / (p[..., 2:] + 1e-6)
+
+
+def decode_people(layer: dict, img_hw: torch.Tensor, body_model, cfg: ModelConfig,
+                  with_verts: bool = True) -> dict:
+    """Add SMPL outputs to one decoder layer's predictions (all queries).
+
+    Adds ``pred_poses`` (axis-angle), ``pred_transl``, ``pred_j3ds``, ``pred_j2ds``, ``pred_depths``,
+    ``pred_intrinsics`` and, when ``with_verts``, ``pred_verts``.
+    """
+    pose6d, betas, cam = layer["pred_pose6d"], layer["pred_betas"], layer["pred_cam"]
+    B, Q, _ = pose6d.shape
+    J = pose6d.shape[-1] // 6
+    # 6D → matrix → axis-angle → SMPL (which re-applies Rodrigues), as the original does
+    aa = rotmat_to_axis_angle(rot6d_to_rotmat(pose6d.reshape(B, Q, J, 6))).reshape(B, Q, J * 3)
+    flat = aa.reshape(B * Q, J * 3).float()
+    verts, joints = body_model(flat[:, :3], flat[:, 3:], betas.reshape(B * Q, -1).float())
+    transl = cam_to_transl(cam.float(), cfg)
+    j3ds = joints.reshape(B, Q, -1, 3) + transl[:, :, None]
+    K = intrinsics(img_hw, cfg).to(j3ds.device)
+    out = dict(layer)
+    out.update({
+        "pred_poses": aa,
+        "pred_transl": transl,
+        "pred_j3ds": j3ds,
+        "pred_j2ds": project(j3ds, K),
+        "pred_depths": torch.stack((j3ds[..., 0, 2], j3ds[..., 0, 2] / cfg.focal), dim=-1),
+        "pred_intrinsics": K[:, None],
+    })
+    if with_verts:
+        out["pred_verts"] = verts.reshape(B, Q, -1, 3) + transl[:, :, None]
+    return out
+
+
+@dataclass
+class Person:
+    score: float
+    box: list[float]                 # x0, y0, x1, y1 in original image pixels
+    pose: np.ndarray                 # (24, 3) axis-angle, [0] global orientation (camera frame)
+    betas: np.ndarray                # (10,)
+    transl: np.ndarray               # (3,) applied to the SMPL origin, metres
+    joints3d: np.ndarray             # (45, 3) camera frame, metres
+    joints2d: np.ndarray             # (45, 2) original image pixels
+    vertices: np.ndarray | None      # (V, 3) camera frame, metres
+    query: int                       # decoder query index
+
+    def to_json(self) -> dict:
+        return {
+            "query": self.query, "score": round(self.score, 6), "box_xyxy": [round(v, 3) for v in self.box],
+            "smpl": {"global_orient": self.pose[0].tolist(), "body_pose": self.pose[1:].tolist(),
+                     "betas": self.betas.tolist(), "transl": self.transl.tolist()},
+            "joints3d": np.round(self.joints3d, 6).tolist(),
+            "joints2d": np.round(self.joints2d, 3).tolist(),
+        }
+
+
+@dataclass
+class ImageResult:
+    name: str
+    orig_hw: tuple[int, int]
+    img_hw: tuple[int, int]
+    scale: float                                   # resize rate r (canvas px = original px * r)
+    people: dict[float, list[Person]]              # per detection threshold
+    tokens: dict[str, int]                         # token counts per level, overflow
+    raw: dict[str, np.ndarray] = field(default_factory=dict)   # every query, original names, canvas frame
+    extras: dict = field(default_factory=dict)     # scale map, token layout, resized image (overlays)
+
+
+def select_people(decoded: dict[str, np.ndarray], i: int, threshold: float, scale: float,
+                  with_verts: bool = True) -> list[Person]:
+    """Queries of image ``i`` with confidence > threshold (strict, no NMS), in original pixels."""
+    confs = decoded["pred_confs"][i, :, 0]
+    S = decoded["canvas"]
+    people = []
+    for q in np.flatnonzero(confs > threshold):
+        box = box_cxcywh_to_xyxy(torch.from_numpy(decoded["pred_boxes"][i, q])).numpy() * S / scale
+        people.append(Person(
+            score=float(confs[q]), box=box.tolist(),
+            pose=decoded["pred_poses"][i, q].reshape(-1, 3), betas=decoded["pred_betas"][i, q],
+            transl=decoded["pred_transl"][i, q], joints3d=decoded["pred_j3ds"][i, q],
+            joints2d=decoded["pred_j2ds"][i, q] / scale,
+            vertices=decoded["pred_verts"][i, q] if with_verts else None, query=int(q)))
+    people.sort(key=lambda p: -p.score)
+    return people

@@ -1,0 +1,121 @@
+"""Official checkpoint layout (the manifest) loads strictly through our key map; our format round-trips."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sathmr.config import get_config
+from sathmr.errors import SathmrError
+from sathmr.model import build_model
+from sathmr.model.checkpoint import from_official, load_model, random_official_state_dict, save_checkpoint, to_official
+
+MANIFEST = Path(__file__).parent / "data" / "official_state_dict_manifest.tsv"
+FULL = get_config("sat_644")
+TINY = get_config("tiny")
+
+
+def read_manifest():
+    rows = {}
+    for line in MANIFEST.read_text().splitlines()[1:]:
+        key, shape, dtype, kind, *alias = line.split("\t")
+        rows[key] = ([int(s) for s in shape.strip("[]").split(",") if s.strip()], dtype, alias[0] if alias else "")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def manifest_state():
+    """A random state dict laid out exactly as the manifest (names, shapes, dtypes, shared aliases)."""
+    torch.manual_seed(0)
+    rows = read_manifest()
+    ours = to_official(build_model(FULL).state_dict(), FULL)
+    state = {}
+    for key, (shape, dtype, alias) in rows.items():
+        if key in ours:
+            state[key] = ours[key]
+        else:  # human_model.* buffers: synthetic stand-ins of the right shape
+            state[key] = (torch.randint(0, 20, shape) if dtype == "int64" else torch.randn(shape))
+        assert list(state[key].shape) == shape, key
+        assert str(state[key].dtype) == f"torch.{dtype}", key
+    for key, (_, _, alias) in rows.items():
+        if alias:
+            state[key] = state[alias]
+    return state
+
+
+def test_manifest_matches_our_layout(manifest_state):
+    ours = to_official(build_model(FULL).state_dict(), FULL)
+    rows = read_manifest()
+    assert set(ours) == {k for k in rows if not k.startswith("human_model.")}
+    assert len(rows) == 681
+
+
+def test_official_layout_loads_strictly(manifest_state):
+    model = build_model(FULL)
+    body = from_official(dict(manifest_state), model)
+    assert set(body) == {k.split("human_model.layer_n.")[1] for k in manifest_state if k.startswith("human_model.")}
+    sd = model.state_dict()
+    assert torch.equal(sd["decoder.layers.0.ca_qpos_proj.weight"], manifest_state["decoder.decoder.layers.0.ca_qpos_proj.weight"])
+    assert torch.equal(sd["encoder.additional_blocks.2.ls2.gamma"], manifest_state["encoder.additional_blocks.2.ls2.gamma"])
+    assert torch.equal(sd["mean_pose"], manifest_state["mean_pose"])
+
+
+@pytest.mark.parametrize("wrap", ["module.", "model", "_orig_mod."])
+def test_wrapped_checkpoints_load(manifest_state, wrap):
+    state = {wrap + k: v for k, v in manifest_state.items()} if wrap.endswith(".") else {wrap: dict(manifest_state)}
+    from_official(state, build_model(FULL))
+
+
+def test_wrong_checkpoints_fail_clearly(manifest_state):
+    model = build_model(FULL)
+    bad = dict(manifest_state)
+    del bad["encoder.blocks.5.mlp.fc1.weight"]
+    bad["encoder.extra.weight"] = torch.zeros(1)
+    bad["level_embed"] = torch.zeros(4, 768)
+    with pytest.raises(SathmrError) as err:
+        from_official(bad, model)
+    msg = str(err.value)
+    assert "missing: encoder.blocks.5.mlp.fc1.weight" in msg
+    assert "unexpected: encoder.extra.weight" in msg
+    assert "level_embed: checkpoint (4, 768) vs model (3, 768)" in msg
+    alias = dict(manifest_state)
+    alias["decoder.decoder.bbox_embed.0.layers.0.bias"] = torch.zeros(768)
+    with pytest.raises(SathmrError, match="alias"):
+        from_official(alias, model)
+    with pytest.raises(SathmrError, match="config 'tiny'"):
+        from_official(dict(manifest_state), build_model(TINY))
+    cam = dict(manifest_state)
+    cam["cam_intrinsics"] = cam["cam_intrinsics"] * 2
+    with pytest.raises(SathmrError, match="camera"):
+        from_official(cam, model)
+
+
+def test_dn_enc_is_optional(manifest_state):
+    state = {k: v for k, v in manifest_state.items() if not k.startswith("dn_enc.")}
+    from_official(state, build_model(FULL))
+
+
+def test_official_pth_file_loads_with_weights_only(tmp_path):
+    sd = random_official_state_dict(TINY, seed=3)
+    path = tmp_path / "tiny_official.pth"
+    torch.save(sd, path)
+    model, info = load_model(path, "tiny")
+    assert info["format"] == "official"
+    assert torch.equal(model.state_dict()["decoder.norm.weight"], sd["decoder.decoder.norm.weight"])
+    (tmp_path / "trunc.pth").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(SathmrError, match="cannot read checkpoint"):
+        load_model(tmp_path / "trunc.pth", "tiny")
+    with pytest.raises(SathmrError, match="not found"):
+        load_model(tmp_path / "nope.pth", "tiny")
+
+
+def test_own_format_roundtrip_embeds_config(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(TINY)
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded, info = load_model(path)
+    assert loaded.cfg == TINY and info["format"] == "sathmr"
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    with pytest.raises(SathmrError, match="holds a 'tiny' model"):
+        load_model(path, "sat_644")
