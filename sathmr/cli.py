@@ -27,10 +27,19 @@ def main() -> None:
 
 def _register() -> None:
     from sathmr.body.cli import assets
+    from sathmr.export.cli import export_command
     from sathmr.infer import infer_command
+    from sathmr.parity import parity_command
+    from sathmr.train.cli import eval_command, train_command
+    from sathmr.train.data.cli import data
 
     main.add_command(assets)
     main.add_command(infer_command)
+    main.add_command(data)
+    main.add_command(train_command)
+    main.add_command(eval_command)
+    main.add_command(export_command)
+    main.add_command(parity_command)
 
 
 _register()

@@ -54,7 +54,7 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor) -> 
             boxes = np.array([p.box for p in people], dtype=np.float32).reshape(-1, 4) * res.scale
             img = overlay_mosaic(
                 res.extras["resized_bgr"], boxes, np.array([p.score for p in people]),
-                np.array(verts).reshape(len(people), -1, 3), faces, res.extras["intrinsics"],
+                np.array(verts).reshape(len(people), -1, 3) if people else np.zeros((0, 0, 3)), faces, res.extras["intrinsics"],
                 res.extras["scale_map"], cfg.conf_thresh, res.extras["tok_yx"], res.extras["tok_lvl"], cfg.patch_size)
             write_png(plan.tdir(t) / f"{res.name}.png", img)
         if plan.mesh:

@@ -107,5 +107,15 @@ def write_meshes(path: Path, verts: list[np.ndarray], faces: np.ndarray, colors_
             mesh.visual.face_colors = np.append(colors_rgb[i], 255)
         scene.add_geometry(mesh, node_name=f"person_{i}", geom_name=f"person_{i}")
     fmt = path.suffix[1:]
-    data = scene.export(file_type=fmt) if verts else (b"" if fmt == "obj" else trimesh.Scene().export(file_type=fmt))
+    data = scene.export(file_type=fmt) if verts else _empty_mesh_file(fmt)
     atomic_write(path, data if isinstance(data, bytes) else data.encode())
+
+
+def _empty_mesh_file(fmt: str) -> bytes:
+    """A valid file with no geometry (trimesh refuses to export empty scenes)."""
+    if fmt == "obj":
+        return b"# no people detected\n"
+    body = json.dumps({"asset": {"version": "2.0", "generator": "sathmr"}}).encode()
+    body += b" " * (-len(body) % 4)
+    return (b"glTF" + (2).to_bytes(4, "little") + (12 + 8 + len(body)).to_bytes(4, "little")
+            + len(body).to_bytes(4, "little") + b"JSON" + body)

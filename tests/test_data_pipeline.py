@@ -14,7 +14,8 @@ from sathmr.errors import SathmrError
 from sathmr.preprocess import MEAN, STD
 from sathmr.render import render_meshes
 from sathmr.train.data.augment import AugParams, augment_intrinsics, color_jitter, occlude
-from sathmr.train.data.geometry import FLIP_PERM, flip_pose, project, rotvec_to_matrix
+from sathmr.train.data.geometry import (FLIP_PERM, embed_3x3, flip_pose, matrix_to_rotvec, project, rotation_2d,
+                                        rotvec_to_matrix)
 from sathmr.train.data.pipeline import (BodyModels, HMRDataset, SampleBuilder, collate, cxcywh_to_xyxy,
                                         stack_images)
 from sathmr.train.data.readers import ImageRecord
@@ -32,9 +33,13 @@ def bodies(tmp_path_factory: pytest.TempPathFactory) -> BodyModels:
     return BodyModels(smpl_dir)
 
 
+def _rotvec(mat: np.ndarray) -> np.ndarray:
+    return matrix_to_rotvec(mat)[0]
+
+
 def _record(path: Path, k: np.ndarray, pixels: list[tuple[float, float, float]], hw: tuple[int, int],
             cam_rot: np.ndarray | None = None, cam_trans: np.ndarray | None = None,
-            image: np.ndarray | None = None, seed: int = 0, bodies: BodyModels | None = None) -> ImageRecord:
+            image: np.ndarray | None = None, seed: int = 0) -> ImageRecord:
     """People whose pelvis (approximately) projects to pixel (u, v) at depth z, upright and facing the camera."""
     rng = np.random.default_rng(seed)
     n = len(pixels)
@@ -42,21 +47,15 @@ def _record(path: Path, k: np.ndarray, pixels: list[tuple[float, float, float]],
     cam_trans = np.zeros(3) if cam_trans is None else cam_trans
     cv2.imwrite(str(path), np.full((*hw, 3), 90, np.uint8) if image is None else image)
     upright = rotvec_to_matrix(np.array([np.pi, 0.0, 0.0]))[0]
-    orient_c = np.stack([Rotation_from(upright @ rotvec_to_matrix(rng.normal(0, 0.2, 3))[0]) for _ in range(n)])
+    orient_c = np.stack([_rotvec(upright @ rotvec_to_matrix(rng.normal(0, 0.2, 3))[0]) for _ in range(n)])
     pos_c = np.array([[(u - k[0, 2]) * z / k[0, 0], (v - k[1, 2]) * z / k[1, 1], z] for u, v, z in pixels])
-    orient_w = np.stack([Rotation_from(cam_rot.T @ rotvec_to_matrix(o)[0]) for o in orient_c])
+    orient_w = np.stack([_rotvec(cam_rot.T @ rotvec_to_matrix(o)[0]) for o in orient_c])
     transl_w = (pos_c - cam_trans) @ cam_rot          # pelvis offset ignored: only rough placement matters
     return ImageRecord(
         img_path=path, ds="bedlam", intrinsics=k, global_orient=orient_w,
         body_pose=rng.normal(0, 0.15, (n, 69)), betas=rng.normal(0, 0.5, (n, 10)), transl=transl_w,
         cam_rot=np.broadcast_to(cam_rot, (n, 3, 3)).copy(), cam_trans=np.broadcast_to(cam_trans, (n, 3)).copy(),
         genders=["neutral"] * n, valid_3d=True, detect_all_people=True)
-
-
-def Rotation_from(mat: np.ndarray) -> np.ndarray:
-    from sathmr.train.data.geometry import matrix_to_rotvec
-
-    return matrix_to_rotvec(mat)[0]
 
 
 K640 = np.array([[600.0, 0, 320.0], [0, 600.0, 240.0], [0, 0, 1]])
@@ -91,8 +90,7 @@ def _check_consistency(target: dict) -> None:
 def test_eval_gt_is_the_world_params_moved_into_the_camera(tmp_path: Path, bodies: BodyModels) -> None:
     cam_rot = rotvec_to_matrix(np.array([0.1, -0.3, 0.05]))[0]
     cam_trans = np.array([0.2, -0.1, 0.5])
-    rec = _record(tmp_path / "a.png", K640, [(200, 250, 6.0), (450, 260, 9.0)], (480, 640), cam_rot, cam_trans,
-                  bodies=bodies)
+    rec = _record(tmp_path / "a.png", K640, [(200, 250, 6.0), (450, 260, 9.0)], (480, 640), cam_rot, cam_trans)
     image, target = SampleBuilder(bodies, CFG).build(rec, AugParams(), None, train=False)
     r = 448 / 640
     assert target["img_size"].tolist() == [int(480 * r), 448] and target["resize_rate"] == pytest.approx(r)
@@ -112,7 +110,7 @@ def test_eval_gt_is_the_world_params_moved_into_the_camera(tmp_path: Path, bodie
                                  AugParams(7.0, True, 1.6)])
 def test_augmented_image_and_gt_stay_aligned(tmp_path: Path, bodies: BodyModels, aug: AugParams) -> None:
     """Render a person into the source image; after any warp the GT mesh must cover the same pixels."""
-    rec = _record(tmp_path / "a.png", K_OFF, [(330, 200, 5.0)], (480, 640), bodies=bodies)
+    rec = _record(tmp_path / "a.png", K_OFF, [(330, 200, 5.0)], (480, 640))
     builder = SampleBuilder(bodies, CFG)
     _, src = builder.build(rec, AugParams(), None, train=False)
     r = src["resize_rate"]
@@ -136,7 +134,7 @@ def test_augmented_image_and_gt_stay_aligned(tmp_path: Path, bodies: BodyModels,
 
 
 def test_flip_moves_a_left_person_to_the_right(tmp_path: Path, bodies: BodyModels) -> None:
-    rec = _record(tmp_path / "a.png", K640, [(150, 240, 6.0)], (480, 640), bodies=bodies)
+    rec = _record(tmp_path / "a.png", K640, [(150, 240, 6.0)], (480, 640))
     builder = SampleBuilder(bodies, CFG)
     _, plain = builder.build(rec, AugParams(), None, train=False)
     _, flipped = builder.build(rec, AugParams(flip=True), None, train=False)
@@ -167,7 +165,6 @@ def test_intrinsics_update_follows_the_warp() -> None:
     k = np.array([[500.0, 0, 300.0], [0, 500.0, 200.0], [0, 0, 1]])
     aug = AugParams(11.0, False, 1.4)
     k_aug = augment_intrinsics(k, 1.0, aug, (h, w))
-    from sathmr.train.data.geometry import embed_3x3, rotation_2d
     ray = np.array([0.12, -0.07, 1.0])
     uv = (k @ ray)[:2]
     mat = cv2.getRotationMatrix2D((w / 2, h / 2), aug.rot, aug.scale)
@@ -177,8 +174,7 @@ def test_intrinsics_update_follows_the_warp() -> None:
 
 
 def test_training_samples_are_deterministic_and_consistent(tmp_path: Path, bodies: BodyModels) -> None:
-    rec = _record(tmp_path / "a.png", K640, [(200, 250, 5.0), (420, 230, 8.0), (320, 300, 12.0)], (480, 640),
-                  bodies=bodies)
+    rec = _record(tmp_path / "a.png", K640, [(200, 250, 5.0), (420, 230, 8.0), (320, 300, 12.0)], (480, 640))
     a = HMRDataset([rec], bodies, CFG, train=True, seed=3)
     b = HMRDataset([rec], bodies, CFG, train=True, seed=3)
     xs = [a[0] for _ in range(4)]
@@ -190,8 +186,8 @@ def test_training_samples_are_deterministic_and_consistent(tmp_path: Path, bodie
 
 
 def test_people_out_of_view_are_dropped_and_training_moves_on(tmp_path: Path, bodies: BodyModels) -> None:
-    away = _record(tmp_path / "away.png", K640, [(-4000, 240, 5.0)], (480, 640), bodies=bodies)
-    good = _record(tmp_path / "good.png", K640, [(320, 240, 5.0), (-5000, 200, 5.0)], (480, 640), bodies=bodies)
+    away = _record(tmp_path / "away.png", K640, [(-4000, 240, 5.0)], (480, 640))
+    good = _record(tmp_path / "good.png", K640, [(320, 240, 5.0), (-5000, 200, 5.0)], (480, 640))
     _, tgt = HMRDataset([away], bodies, CFG, train=False)[0]
     assert tgt["pnum"] == 0 and tgt["verts"].shape[0] == 0 and tgt["boxes"].shape == (0, 4)
     assert tgt["scale_map"].sum() == 0
@@ -204,14 +200,14 @@ def test_people_out_of_view_are_dropped_and_training_moves_on(tmp_path: Path, bo
 
 
 def test_missing_image_is_a_clear_error(tmp_path: Path, bodies: BodyModels) -> None:
-    rec = _record(tmp_path / "a.png", K640, [(320, 240, 5.0)], (480, 640), bodies=bodies)
+    rec = _record(tmp_path / "a.png", K640, [(320, 240, 5.0)], (480, 640))
     rec.img_path = tmp_path / "gone.png"
     with pytest.raises(SathmrError, match="image not found"):
         HMRDataset([rec], bodies, CFG)[0]
 
 
 def test_per_person_intrinsics_are_used_for_projection(tmp_path: Path, bodies: BodyModels) -> None:
-    rec = _record(tmp_path / "a.png", K640, [(200, 240, 5.0), (420, 240, 5.0)], (480, 640), bodies=bodies)
+    rec = _record(tmp_path / "a.png", K640, [(200, 240, 5.0), (420, 240, 5.0)], (480, 640))
     k2 = K640.copy()
     k2[0, 0] = k2[1, 1] = 800.0
     rec.intrinsics = np.stack([K640, k2])
@@ -277,7 +273,7 @@ def test_scale_map_clamps_off_image_vertices_to_border_cells() -> None:
 
 
 def test_pipeline_scale_map_covers_the_projected_mesh(tmp_path: Path, bodies: BodyModels) -> None:
-    rec = _record(tmp_path / "a.png", K640, [(250, 240, 4.0), (330, 250, 9.0)], (480, 640), bodies=bodies)
+    rec = _record(tmp_path / "a.png", K640, [(250, 240, 4.0), (330, 250, 9.0)], (480, 640))
     _, tgt = SampleBuilder(bodies, CFG).build(rec, AugParams(), None, train=False)
     sm = tgt["scale_map"].numpy()
     h, w = tgt["img_size"].tolist()
@@ -316,9 +312,9 @@ def test_color_jitter_can_lift_black_padding() -> None:
 
 
 def test_collate_and_stack_images(tmp_path: Path, bodies: BodyModels) -> None:
-    r1 = _record(tmp_path / "a.png", K640, [(320, 240, 5.0)], (480, 640), bodies=bodies)
+    r1 = _record(tmp_path / "a.png", K640, [(320, 240, 5.0)], (480, 640))
     k_portrait = np.array([[600.0, 0, 200], [0, 600.0, 300], [0, 0, 1]])
-    r2 = _record(tmp_path / "b.png", k_portrait, [(200, 300, 5.0)], (600, 400), bodies=bodies)
+    r2 = _record(tmp_path / "b.png", k_portrait, [(200, 300, 5.0)], (600, 400))
     ds = HMRDataset([r1, r2], bodies, CFG)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
     images, targets = next(iter(loader))

@@ -1,0 +1,157 @@
+"""`sathmr train` and `sathmr eval`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from sathmr.errors import SathmrError
+
+
+def parse_sets(specs: tuple[str, ...], default: str) -> list[tuple[str, str]]:
+    """'bedlam:train_6fps' → ('bedlam', 'train_6fps')."""
+    out = []
+    for spec in specs or (default,):
+        name, _, split = spec.partition(":")
+        if not split:
+            raise SathmrError(f"dataset {spec!r} needs a split, e.g. bedlam:train_6fps")
+        out.append((name, split))
+    return out
+
+
+def open_sets(root, specs, bodies, cfg, train: bool, seed: int = 0):
+    import torch
+
+    from sathmr.train.data import open_dataset
+    from sathmr.train.data.pipeline import HMRDataset
+
+    sets = [HMRDataset(open_dataset(root, n, s), bodies, cfg, train=train, seed=seed) for n, s in specs]
+    return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
+
+
+def body_for(smpl_dir, data_root):
+    """The SMPL folder: given, else the one `sathmr data synthetic` wrote next to the data, else weights/."""
+    from sathmr.body import default_smpl_dir
+
+    if smpl_dir:
+        return Path(smpl_dir)
+    beside = Path(data_root) / "smpl"
+    return beside if beside.is_dir() else default_smpl_dir()
+
+
+def metrics_table(metrics: dict) -> str:
+    keys = [k for k in ("f1", "precision", "recall", "mpjpe", "mve", "nmje", "nmve", "pa_mpjpe", "pa_mve", "num_matched") if k in metrics]
+    width = max(len(k) for k in keys)
+    return "\n".join(f"{k:<{width}}  {metrics[k]}" for k in keys)
+
+
+@click.command("train")
+@click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root (spec layout; `sathmr data synthetic` writes one).")
+@click.option("--dataset", "datasets", multiple=True, help="name:split, repeatable (default bedlam:train_6fps).")
+@click.option("--val-dataset", "val_sets", multiple=True, help="name:split evaluated after each epoch (default bedlam:validation_6fps if present).")
+@click.option("--config", default="sat_644", show_default=True)
+@click.option("--smpl-dir", type=click.Path(file_okay=False))
+@click.option("--init", "init", default=None, help="'dinov2:PATH' (pretrained backbone) or a SAT-HMR checkpoint (official or ours).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--batch-size", type=int, default=6, show_default=True)
+@click.option("--lr", type=float, default=4e-5, show_default=True)
+@click.option("--lr-encoder", type=float, default=2e-5, show_default=True)
+@click.option("--max-steps", type=int, default=0, help="Stop after this many steps (schedule still spans --epochs).")
+@click.option("--save-every", type=int, default=0, help="Also checkpoint every N steps.")
+@click.option("--workers", type=int, default=0)
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Detection threshold of the validation.")
+@click.option("--no-resume", is_flag=True, help="Start over even if OUTPUT has checkpoints.")
+@click.option("--seed", type=int, default=42, show_default=True)
+def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output, epochs, batch_size, lr, lr_encoder,
+                  max_steps, save_every, workers, mixed_precision, threshold, no_resume, seed):
+    """Train SAT-HMR (also: `accelerate launch -m sathmr train ...`)."""
+    from sathmr.backends.torch_backend import TorchBackend
+    from sathmr.config import get_config
+    from sathmr.model import build_model
+    from sathmr.train.data.pipeline import BodyModels
+    from sathmr.train.engine import TrainConfig, evaluate, train
+
+    cfg = get_config(config)
+    smpl = body_for(smpl_dir, data_root)
+    bodies = BodyModels(smpl)
+    body = bodies.get("neutral")
+    from sathmr.body import load_mean_params
+    mp, ms = load_mean_params(smpl)
+    import torch
+    model = build_model(cfg, torch.from_numpy(mp), torch.from_numpy(ms))
+    if init:
+        if init.startswith("dinov2:"):
+            from sathmr.model.checkpoint import init_from_dinov2
+            init_from_dinov2(model, init.split(":", 1)[1])
+        else:
+            from sathmr.model.checkpoint import load_model
+            loaded, _ = load_model(init, cfg, (mp, ms))
+            model.load_state_dict(loaded.state_dict())
+    train_set = open_sets(data_root, parse_sets(datasets, "bedlam:train_6fps"), bodies, cfg, train=True, seed=seed)
+    eval_fn = None
+    vspecs = parse_sets(val_sets, "bedlam:validation_6fps")
+    if val_sets or (Path(data_root) / "bedlam" / "bedlam_smpl_validation_6fps.npz").is_file():
+        val_set = open_sets(data_root, vspecs, bodies, cfg, train=False)
+
+        def eval_fn(m):
+            return evaluate(TorchBackend(m, device=str(next(m.parameters()).device)), val_set, body, threshold)
+    tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, max_steps=max_steps,
+                     save_every_steps=save_every, num_workers=workers, mixed_precision=mixed_precision, seed=seed)
+    click.echo(f"training {cfg.name} on {len(train_set)} images ({', '.join(':'.join(s) for s in parse_sets(datasets, 'bedlam:train_6fps'))}); "
+               f"body model {smpl}; output {output}", err=True)
+    res = train(model, train_set, body, Path(output), tc, resume=not no_resume, eval_fn=eval_fn, log=lambda s: click.echo(s, err=True))
+    click.echo(f"done: {res['state']['global_step']} steps; model {Path(output) / 'model_final.safetensors'}")
+
+
+@click.command("eval")
+@click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
+@click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: weights/ or the embedded model.")
+@click.option("--backend", type=click.Choice(["torch", "torch-static", "ort"]), default="torch", show_default=True)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported model for --backend ort.")
+@click.option("--config", default=None)
+@click.option("--smpl-dir", type=click.Path(file_okay=False))
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--protocol", type=click.Choice(["agora", "3dpw"]), default=None, help="Default: 3dpw for 3dpw data, else agora.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
+def eval_command(data_root, dataset, checkpoint, backend, model_path, config, smpl_dir, threshold, protocol,
+                 batch_size, limit, device, json_path):
+    """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...)."""
+    from sathmr.backends import load_backend
+    from sathmr.train.data.pipeline import BodyModels
+    from sathmr.train.engine import evaluate
+    from sathmr.weights import resolve
+
+    (name, split), = parse_sets((dataset,), dataset)
+    if backend == "ort":
+        be = load_backend("ort", path=model_path, device=device)
+        smpl = Path(smpl_dir) if smpl_dir else body_for(None, data_root)
+    else:
+        res = resolve(checkpoint, smpl_dir or (str(Path(data_root) / "smpl") if (Path(data_root) / "smpl").is_dir() and checkpoint is None else None))
+        click.echo(res.note, err=True)
+        be = load_backend(backend, checkpoint=checkpoint, config=config, smpl_dir=res.smpl_dir, device=device)
+        smpl = res.smpl_dir
+    bodies = BodyModels(smpl)
+    body = bodies.get("neutral")
+    ds = open_sets(data_root, [(name, split)], bodies, be.cfg, train=False)
+    protocol = protocol or ("3dpw" if name == "3dpw" else "agora")
+    kw = {}
+    if protocol == "3dpw":
+        kw["h36m_regressor"] = smpl / "J_regressor_h36m_correct.npy"
+    elif (smpl / "body_verts_smpl.npy").is_file():
+        kw["body_verts"] = smpl / "body_verts_smpl.npy"
+    metrics = evaluate(be, ds, body, threshold, protocol, batch_size, limit=limit, progress=True, **kw)
+    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    click.echo(f"{name}:{split}  threshold {threshold}  protocol {protocol}  images {limit or len(ds)}")
+    click.echo(metrics_table(metrics))
+    if json_path:
+        from sathmr.io import write_json
+        write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol, **metrics})
