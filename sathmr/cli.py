@@ -26,8 +26,10 @@ def main() -> None:
 
 
 def _register() -> None:
+    from sathmr.bench import bench_command
     from sathmr.body.cli import assets
     from sathmr.export.cli import export_command
+    from sathmr.demo import demo_command
     from sathmr.infer import infer_command
     from sathmr.parity import parity_command
     from sathmr.train.cli import eval_command, train_command
@@ -35,11 +37,13 @@ def _register() -> None:
 
     main.add_command(assets)
     main.add_command(infer_command)
+    main.add_command(demo_command)
     main.add_command(data)
     main.add_command(train_command)
     main.add_command(eval_command)
     main.add_command(export_command)
     main.add_command(parity_command)
+    main.add_command(bench_command)
 
 
 _register()

@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from sathmr.backends.base import Backend
 from sathmr.errors import SathmrError
 from sathmr.model.geometry import box_cxcywh_to_xyxy
+from sathmr.model.sathmr import SATHMR
 from sathmr.postprocess import decode_people
 from sathmr.preprocess import Prepared, collate
 
@@ -32,6 +33,34 @@ QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_
 DECODED_OUTPUTS = ("pred_poses", "pred_transl", "pred_j3ds", "pred_j2ds", "pred_verts", "pred_depths")
 MATCH_IOU = 0.5           # below this a pair is two different people, not one person with drift
 BORDERLINE_CONF = 1e-3    # a person this close to the threshold may legitimately appear in one backend only
+
+
+def spread_heads(model: SATHMR, seed: int = 0, conf_bias: float = -1.5, scale_bias: float = 1.0,
+                 spread: float = 3.0) -> SATHMR:
+    """Give randomly initialised heads outputs that spread across the thresholds, in place.
+
+    Random weights make the scale map uninformative (sigmoid of ~0: conf = scale = 0.5 in every
+    cell, so every cell is valid and the token set is degenerate) and every box the anchor. For
+    parity runs and benchmarks without trained weights: He-initialised scale-head layers and logits
+    of standard deviation ``spread`` around the given biases give a mixed set of SAT, level-1 and
+    level-2 tokens, boxes that move, and confidences on both sides of the detection threshold.
+    """
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda t: torch.randn(t.shape, generator=g)  # noqa: E731
+    with torch.no_grad():
+        *hidden, last = model.scale_head.layers
+        for lin in hidden:
+            lin.weight.copy_(randn(lin.weight) * (2.0 / lin.in_features) ** 0.5)
+            lin.bias.zero_()
+        w = randn(last.weight)
+        last.weight.copy_((w - w.mean(1, keepdim=True)) * spread / last.in_features ** 0.5)  # ReLU inputs: zero-sum rows keep logits centred
+        last.bias.copy_(torch.tensor([conf_bias, scale_bias]))
+        for mlp in model.bbox_embed:
+            w = mlp.layers[-1].weight
+            w.copy_(randn(w) * 0.2 / w.shape[1] ** 0.5)
+        model.conf_head.weight.copy_(randn(model.conf_head.weight) * spread / model.conf_head.in_features ** 0.5)
+        model.conf_head.bias.zero_()
+    return model
 
 
 def diff_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:

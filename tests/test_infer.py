@@ -151,3 +151,18 @@ def test_full_size_official_layout_on_real_image(tmp_path):
     n1 = (896 // 28) * (1288 // 28)
     assert t["level0"] % 4 == 0 and t["level0"] // 4 + t["level1"] + 4 * t["level2"] == n1
     assert np.isfinite(raw["pred_verts"]).all()
+
+
+def test_video_frames_are_inputs(tmp_path, tiny_ckpt, smpl_tiny):
+    import cv2
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        writer.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "o"
+    res = run(["infer", "-i", str(video), "-o", str(out), "--checkpoint", str(tiny_ckpt), "--smpl-dir", str(smpl_tiny),
+               "--no-overlay"])
+    assert res.exit_code == 0 and "processed 3 image(s)" in res.output
+    assert sorted(p.name for p in (out / "thresh_0.3").iterdir()) == [f"clip_{i:06d}.json" for i in range(3)]

@@ -32,8 +32,8 @@ def parse_canvas(text: str | None) -> tuple[int, int] | None:
 @click.option("--budget-sat", type=int, default=None, help="SAT cells per image (each = 4 level-0 tokens); default 3/8 of the canvas cells.")
 @click.option("--budget-context", type=int, default=None, help="Level-1 + level-2 tokens per image; default all canvas cells (never overflows).")
 @click.option("--canvas", default=None, help="Fixed input HxW (multiples of 56, long side = input size); default square.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Fixed batch size of the graph.")
-@click.option("--dynamic-batch", is_flag=True, help="Make the batch dimension dynamic instead of --batch.")
+@click.option("--batch", type=int, default=None, help="Fix the batch size of the graph (default: dynamic batch, which costs nothing on ORT).")
+@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension (the default unless --batch is given).")
 @click.option("--fp16", is_flag=True, help="Half-precision weights and activations (GPU engines; CPU ORT is slow in fp16).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim/onnxsim when installed.")
@@ -46,6 +46,9 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, budget_sat, budget
     from sathmr.export.onnx import export_from_checkpoint
 
     output = Path(output)
+    if dynamic_batch and batch is not None:
+        raise SathmrError("--batch and --dynamic-batch exclude each other")
+    dynamic_batch = batch is None
     if fmt == "trt" and onnx_path:
         return _build_trt(Path(onnx_path), output, fp16, workspace_gb)
     onnx_out = output if fmt == "onnx" else output.with_suffix(".onnx")
@@ -53,7 +56,7 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, budget_sat, budget
     with contextlib.redirect_stdout(sys.stderr):
         path, meta = export_from_checkpoint(
             onnx_out, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config,
-            budget=TokenBudget(budget_sat, budget_context), canvas_hw=parse_canvas(canvas), batch=batch,
+            budget=TokenBudget(budget_sat, budget_context), canvas_hw=parse_canvas(canvas), batch=batch or 1,
             dynamic_batch=dynamic_batch, opset=opset, simplify=simplify,
             fp16=fp16 and fmt == "onnx")   # TensorRT builds fp16 itself from an fp32 graph
     lengths = stage_lengths(meta.budget)

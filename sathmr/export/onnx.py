@@ -214,7 +214,11 @@ def export_onnx(model: SATHMR, output: str | Path, meta: ExportMeta, dynamic_bat
     except SathmrError:
         raise
     except Exception as exc:  # noqa: BLE001 - exporter failures are reported, with the cause chained
-        raise SathmrError(f"ONNX export failed: {str(exc).splitlines()[0]}") from exc
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        hint = " (fp16 export needs every tensor of the model in half precision)" if meta.fp16 else ""
+        raise SathmrError(f"ONNX export failed: {type(root).__name__}: {str(root).strip().splitlines()[0]}{hint}") from exc
     finally:
         model.set_budget(old_budget if old_budget.is_static else None)
         model.train(was_training)

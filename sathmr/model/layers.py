@@ -19,8 +19,29 @@ def key_mask_bias(key_valid: torch.Tensor | None) -> torch.Tensor | None:
     return key_valid[:, None, None, :]
 
 
+_XOPS = None
+
+
+def _xformers():
+    """xformers' kernels when installed (optional CUDA speed-up, `pip install 'sathmr[xformers]'`)."""
+    global _XOPS
+    if _XOPS is None:
+        try:
+            import xformers.ops as xops
+            _XOPS = xops
+        except ImportError:
+            _XOPS = False
+    return _XOPS
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Multi-head attention on (B, heads, L, d) tensors; softmax scale 1/sqrt(d of q)."""
+    """Multi-head attention on (B, heads, L, d) tensors; softmax scale 1/sqrt(d of q).
+
+    PyTorch's SDPA everywhere; on CUDA, unmasked attention goes through xformers when it is installed.
+    """
+    if mask is None and q.is_cuda and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and _xformers():
+        out = _xformers().memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

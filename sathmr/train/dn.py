@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sathmr.train.matcher import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from sathmr.model.geometry import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 
-LOGIT_EPS = 1e-5
 
 
 @dataclass
@@ -72,11 +71,6 @@ def dn_attention_mask(pad_size: int, num_queries: int, group_size: int, device: 
         mask[start:end, :start] = True
         mask[start:end, end:pad_size] = True
     return mask
-
-
-def inverse_sigmoid(x: Tensor, eps: float = LOGIT_EPS) -> Tensor:
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def _signed_noise(shape: tuple[int, ...], negative: Tensor, generator: torch.Generator | None,

@@ -9,21 +9,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from sathmr.model.geometry import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh  # noqa: F401 (re-exported)
+
 GIOU_EPS = 1e-6
 CONF_COST_EPS = 1e-8
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
 MATCH_JOINTS = 22      # the keypoint cost uses the body joints only (no hands, no face/feet extras)
-
-
-def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), dim=-1)
 
 
 def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -1,0 +1,128 @@
+"""`sathmr bench` on the tiny config: it runs torch and ort interleaved, and its JSON has every field.
+
+Figures are not asserted (they belong in the benchmark output), only their presence and consistency:
+percentiles ordered, throughput consistent with latency, token counts the forced layout implies.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sathmr.bench import STAGES, forced_layout, latency_stats, parse_backends
+from sathmr.cli import main
+from sathmr.config import get_config
+from sathmr.errors import SathmrError
+from sathmr.model import build_model
+
+TINY = get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> tuple[dict, str, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,ort,trt", "--synthetic",
+                                    "--iters", "2", "--warmup", "1", "--threads", "1", "--scaling",
+                                    "--scaling-iters", "1", "--plot", str(out / "scaling.png"),
+                                    "--json", str(out / "bench.json")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return json.loads((out / "bench.json").read_text()), res.output, out
+
+
+def test_json_has_machine_settings_and_model(bench_run):
+    result, _, _ = bench_run
+    m = result["machine"]
+    for key in ("cpu", "cores_logical", "torch", "onnxruntime", "threads", "device", "platform"):
+        assert m[key] not in (None, ""), key
+    assert m["threads"] == 1 and m["torch_threads"] == 1           # pinned and reported
+    assert result["settings"]["iters"] == 2 and result["settings"]["warmup"] == 1
+    assert result["model"]["random_weights"] is True and "RANDOM" in result["model"]["note"]
+    assert result["model"]["params"] == sum(p.numel() for p in build_model(TINY).parameters())
+    assert result["inputs"]["source"] == "synthetic" and len(result["inputs"]["names"]) == 2
+
+
+def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
+    result, _, _ = bench_run
+    assert set(result["backends"]) == {"torch", "ort"}
+    n_images = len(result["inputs"]["names"])
+    for name, r in result["backends"].items():
+        for stage in STAGES:
+            st = r["stages"][stage]
+            assert st["n"] == 2 * n_images                          # warm-up excluded, one sample per batch
+            assert 0 < st["p50_ms"] <= st["p90_ms"] <= st["p99_ms"]
+            assert st["images_per_s"] == pytest.approx(1000.0 / st["mean_ms"])
+        e2e = sum(r["stages"][s]["mean_ms"] for s in ("preprocess", "network", "postprocess"))
+        assert r["stages"]["end_to_end"]["mean_ms"] == pytest.approx(e2e)
+        assert r["peak_rss_mb"] > 0 and r["cuda_max_memory_allocated_mb"] is None
+        assert set(r["tokens"]["per_image"]) == set(result["inputs"]["names"])
+        assert all(t["level0"] % 4 == 0 for t in r["tokens"]["per_image"].values())
+        assert r["speedup_vs_torch"] > 0
+    assert result["backends"]["torch"]["speedup_vs_torch"] == 1.0
+    assert result["backends"]["torch"]["tokens"]["static_sequence"] is None
+    assert result["backends"]["ort"]["tokens"]["static_sequence"]["stage_c"] > 0
+    # same weights, same images: the static graph selects the same tokens as the dynamic model
+    assert result["backends"]["ort"]["tokens"]["per_image"] == result["backends"]["torch"]["tokens"]["per_image"]
+
+
+def test_trt_is_skipped_with_a_reason_on_cpu(bench_run):
+    result, output, _ = bench_run
+    assert "cuda" in result["skipped"]["trt"].lower()
+    assert "skipped trt" in output
+
+
+def test_scaling_sweep_and_plot(bench_run):
+    result, output, out = bench_run
+    sc = result["scaling"]
+    budget = sc["budget"]
+    assert [p["sat_cells"] for p in budget] == sorted(p["sat_cells"] for p in budget)
+    assert budget[0]["sat_cells"] == 0 and budget[-1]["sat_cells"] == budget[-1]["cells"]
+    # all cells SAT = every token at full resolution: 4 level-0 tokens per level-1 cell
+    assert budget[-1]["tokens"] == {"level0": 4 * budget[-1]["cells"], "level1": 0, "level2": 0,
+                                    "total": 4 * budget[-1]["cells"]}
+    assert sc["all_level1"]["tokens"]["level1"] == sc["all_level1"]["cells"]
+    assert [s["side"] for s in sc["sizes"]][-1] == TINY.input_size
+    for s in sc["sizes"]:
+        assert s["mixed"]["tokens"]["total"] < s["all_high_res"]["tokens"]["total"]
+        assert s["mixed"]["median_ms"] > 0 and s["all_high_res"]["n"] >= 1
+    png = (out / "scaling.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "scaling" in output and "all-high-res" in output
+
+
+@pytest.mark.parametrize("sat,l1", [(0, 0), (3, 5), (16, 0), (0, 16)])
+def test_forced_layout_gives_the_token_counts_it_promises(sat, l1):
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    hc = wc = TINY.input_size // TINY.cell_size
+    groups = (hc // 2) * (wc // 2)
+    smap = forced_layout(hc, wc, sat, l1)
+    x = torch.zeros(1, 3, TINY.input_size, TINY.input_size)
+    hw = torch.tensor([[TINY.input_size, TINY.input_size]])
+    with torch.inference_mode():
+        counts = model(x, hw, scale_map_override=smap)["tokens"]["tok_counts"][0].tolist()
+    assert counts == [16 * sat, 4 * l1, groups - sat - l1]
+
+
+def test_latency_stats_percentiles_and_throughput():
+    rng = np.random.default_rng(1)
+    secs = rng.uniform(0.01, 0.2, 57)
+    st = latency_stats(secs, images_per_sample=4)
+    assert st["p50_ms"] == pytest.approx(np.median(secs) * 1000)
+    assert st["p99_ms"] <= secs.max() * 1000 and st["p99_ms"] >= st["p90_ms"]
+    assert st["images_per_s"] == pytest.approx(4 / secs.mean())
+
+
+def test_bad_options_fail_with_one_line():
+    with pytest.raises(SathmrError, match="unknown"):
+        parse_backends("torch,onnx")
+    with pytest.raises(SathmrError, match="twice"):
+        parse_backends("torch,torch")
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,tensorflow"])
+    assert res.exit_code == 2 and "tensorflow" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch", "--iters", "0"])
+    assert res.exit_code == 2 and "--iters" in res.output
