@@ -133,7 +133,8 @@ def load_predictor(backend: str = "torch", checkpoint=None, smpl_dir=None, confi
     else:
         if model_path is None:
             raise SathmrError(f"--backend {backend} needs --model (an exported file; see `sathmr export`)")
-        be = load_backend(backend, path=model_path, device=device, **backend_kwargs)
+        be = load_backend(backend, path=model_path, device=device, config=config,
+                          checkpoint=checkpoint, **backend_kwargs)
     smpl_dir = smpl_dir or be.info.get("smpl_dir")
     if smpl_dir is None:
         from sathmr.weights import resolve

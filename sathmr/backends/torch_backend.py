@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ class TorchBackend(Backend):
     def __init__(self, model: SATHMR, device: str = "cpu", budget: TokenBudget | None = None,
                  canvas_hw: tuple[int, int] | None = None, info: dict | None = None):
         self.device = pick_device(device)
+        if budget is not None and model.tokens.budget != budget:
+            model = copy.deepcopy(model)  # the budget is per backend; never change a model shared with others
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
         self.name = "torch-static" if budget is not None else "torch"
@@ -45,6 +48,8 @@ class TorchBackend(Backend):
             info = {"checkpoint": "in-memory"}
         if static and budget is None:
             budget = default_budget(model.cfg)
+        if static and "in-memory" not in info.values():
+            model.set_budget(budget)  # a freshly loaded model: fix its budget in place, no copy
         return cls(model, device, budget if static else None, info=info)
 
     @torch.inference_mode()

@@ -100,7 +100,7 @@ class Decoder(nn.Module):
         ref_grad = ref              # the same anchor with its gradient path, for the reported boxes
         hs, boxes = [], []
         for i, layer in enumerate(self.layers):
-            s = sine_box(ref, C)
+            s = sine_box(ref, C).to(c.dtype)  # sine codes in fp32, then the model dtype
             query_pos = self.ref_point_head(s)
             s_xy = s[..., :C] if i == 0 else s[..., :C] * self.query_scale(c)
             wh = self.ref_anchor_head(c).sigmoid()
