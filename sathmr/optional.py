@@ -13,6 +13,7 @@ EXTRAS = {
     "tensorrt": ("gpu", "the TensorRT backend and export"),
     "xformers": ("xformers", "xformers attention kernels"),
     "onnxscript": ("dev", "ONNX export"),
+    "matplotlib": ("bench", "the scaling plot of sathmr bench"),
 }
 
 
