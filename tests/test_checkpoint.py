@@ -119,3 +119,18 @@ def test_own_format_roundtrip_embeds_config(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     with pytest.raises(SathmrError, match="holds a 'tiny' model"):
         load_model(path, "sat_644")
+
+
+@pytest.mark.parametrize("hw", [(46, 46), (26, 46), (46, 26), (4, 46), (2, 2)])
+def test_recomputed_z_order_groups_aligned_blocks(hw):
+    """The official z-order buffer, clipped and sorted, lists every aligned 2x2 block as TL, TR, BL, BR."""
+    from sathmr.model.checkpoint import official_buffers
+    b = official_buffers(FULL)
+    h, w = hw
+    z = b["z_order_map"][:h, :w].flatten()
+    order = z.argsort()
+    ys, xs = b["y_coords"][:h, :w].flatten()[order], b["x_coords"][:h, :w].flatten()[order]
+    for g in range(0, h * w, 4):
+        y, x = ys[g:g + 4].tolist(), xs[g:g + 4].tolist()
+        assert y[0] % 2 == 0 and x[0] % 2 == 0
+        assert list(zip(y, x)) == [(y[0], x[0]), (y[0], x[0] + 1), (y[0] + 1, x[0]), (y[0] + 1, x[0] + 1)]

@@ -166,3 +166,15 @@ def test_video_frames_are_inputs(tmp_path, tiny_ckpt, smpl_tiny):
                "--no-overlay"])
     assert res.exit_code == 0 and "processed 3 image(s)" in res.output
     assert sorted(p.name for p in (out / "thresh_0.3").iterdir()) == [f"clip_{i:06d}.json" for i in range(3)]
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path, monkeypatch):
+    """The README's first command: embedded model + synthetic body model, inference, overlays, metrics."""
+    monkeypatch.setenv("SATHMR_WEIGHTS", str(tmp_path / "no_weights"))
+    monkeypatch.setenv("SATHMR_CACHE", str(tmp_path / "cache"))
+    res = run(["demo", "-o", str(tmp_path / "demo"), "--scenes", "2"])
+    assert res.exit_code == 0, res.output
+    assert "embedded default" in res.output and "not a model of real people" in res.output
+    for key in ("f1", "precision", "recall", "mpjpe", "mve"):
+        assert any(line.startswith(key + " ") for line in res.output.splitlines()), key
+    assert len(list((tmp_path / "demo" / "synthetic" / "thresh_0.3").glob("*.png"))) == 2
