@@ -1,6 +1,6 @@
 """Python API: images in, people out — the one data path every command uses.
 
-    image → preprocess → backend (any engine) → decode_people (SMPL, camera) → threshold → results
+    image → preprocess → backend (any engine) → decode_outputs (SMPL, camera) → threshold → results
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sathmr.backends.base import Backend, load_backend
 from sathmr.config import ModelConfig, get_config
 from sathmr.errors import SathmrError
 from sathmr.model.sathmr import SATHMR
-from sathmr.postprocess import RAW_OUTPUTS, ImageResult, decode_people, select_people
+from sathmr.postprocess import RAW_OUTPUTS, ImageResult, as_arrays, decode_outputs, select_people
 from sathmr.preprocess import Prepared, collate, prepare, read_image
 
 
@@ -91,11 +91,7 @@ class Predictor:
         t0 = time.perf_counter()
         net = self.backend.run(images, img_hw)
         t1 = time.perf_counter()
-        dev = next(iter(self.body_model.buffers())).device
-        decoded = decode_people({k: v.to(dev) for k, v in net.items()}, img_hw.to(dev), self.body_model,
-                                self.cfg, with_verts=self.with_verts)
-        arrays = {k: v.cpu().numpy() for k, v in decoded.items()}
-        arrays["canvas"] = self.cfg.input_size
+        arrays = as_arrays(decode_outputs(net, img_hw, self.body_model, self.cfg, self.with_verts), self.cfg)
         results = []
         for i, (p, name) in enumerate(zip(items, names)):
             people = {t: select_people(arrays, i, t, p.scale, self.with_verts) for t in self.thresholds}

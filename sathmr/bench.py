@@ -5,7 +5,7 @@ Honesty rules, because a benchmark that flatters is worse than none:
     i+1, starting with a different backend each pass) so machine drift and thermal state hit all alike;
   * warm-up passes are excluded; threads are pinned (PyTorch and ONNX Runtime intra-op) and reported;
   * stages are timed separately around the shared functions every backend uses (``prepare``/``collate``,
-    ``backend.run``, ``decode_people`` + ``select_people``), with CUDA events and a synchronisation on GPU;
+    ``backend.run``, ``decode_outputs`` + ``select_people``), with CUDA events and a synchronisation on GPU;
   * without a checkpoint the weights are random (heads spread so the token set is a realistic mix) and
     the body model is synthetic: the output says so, and the numbers are about speed only.
 
@@ -37,7 +37,7 @@ from sathmr.backends.base import BACKENDS, Backend
 from sathmr.config import ModelConfig, get_config
 from sathmr.errors import SathmrError
 from sathmr.model.sathmr import SATHMR
-from sathmr.postprocess import decode_people, select_people
+from sathmr.postprocess import as_arrays, decode_outputs, select_people
 from sathmr.preprocess import collate, prepare
 
 STAGES = ("preprocess", "network", "postprocess", "end_to_end")
@@ -349,7 +349,6 @@ class Sample:
 def run_batch(backend: Backend, body, images: list[np.ndarray], threshold: float, cuda: bool) -> Sample:
     """One batch through one backend, every stage timed: exactly the path `sathmr infer` takes."""
     cfg = backend.cfg
-    dev = next(iter(body.buffers())).device
     timer = StageTimer(cuda)
     if cuda:
         torch.cuda.synchronize()
@@ -359,9 +358,7 @@ def run_batch(backend: Backend, body, images: list[np.ndarray], threshold: float
     timer.mark()
     net = backend.run(x, img_hw)
     timer.mark()
-    decoded = decode_people({k: v.to(dev) for k, v in net.items()}, img_hw.to(dev), body, cfg)
-    arrays = {k: v.cpu().numpy() for k, v in decoded.items()}
-    arrays["canvas"] = cfg.input_size
+    arrays = as_arrays(decode_outputs(net, img_hw, body, cfg), cfg)
     people = [len(select_people(arrays, i, threshold, it.scale)) for i, it in enumerate(items)]
     timer.mark()
     pre, network, post = timer.intervals()

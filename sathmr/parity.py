@@ -26,7 +26,7 @@ from sathmr.backends.base import Backend
 from sathmr.errors import SathmrError
 from sathmr.model.geometry import box_cxcywh_to_xyxy
 from sathmr.model.sathmr import SATHMR
-from sathmr.postprocess import decode_people
+from sathmr.postprocess import decode_outputs
 from sathmr.preprocess import Prepared, collate
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
@@ -153,9 +153,7 @@ def run_one(backend: Backend, item: Prepared, body_model) -> tuple[dict, dict]:
     """One image through a backend → (network outputs, decoded outputs), batch of one, CPU tensors."""
     images, img_hw = collate([item], backend.canvas_hw)
     net = backend.run(images, img_hw)
-    dev = next(iter(body_model.buffers())).device
-    dec = decode_people({k: v.to(dev) for k, v in net.items()}, img_hw.to(dev), body_model, backend.cfg)
-    return net, {k: v.cpu() for k, v in dec.items()}
+    return net, decode_outputs(net, img_hw, body_model, backend.cfg)
 
 
 def compare_image(name: str, item: Prepared, a: Backend, b: Backend, body_model, threshold: float) -> ImageParity:

@@ -74,6 +74,21 @@ def decode_people(layer: dict, img_hw: torch.Tensor, body_model, cfg: ModelConfi
     return out
 
 
+def decode_outputs(net: dict[str, torch.Tensor], img_hw: torch.Tensor, body_model, cfg: ModelConfig,
+                   with_verts: bool = True) -> dict[str, torch.Tensor]:
+    """A backend's outputs → decoded outputs (CPU tensors); SMPL runs where the body model lives."""
+    dev = next(iter(body_model.buffers())).device
+    dec = decode_people({k: v.to(dev) for k, v in net.items()}, img_hw.to(dev), body_model, cfg, with_verts)
+    return {k: v.cpu() for k, v in dec.items()}
+
+
+def as_arrays(decoded: dict[str, torch.Tensor], cfg: ModelConfig) -> dict:
+    """Numpy view of decoded outputs, with the canvas size that ``select_people`` needs."""
+    arrays = {k: v.numpy() for k, v in decoded.items()}
+    arrays["canvas"] = cfg.input_size
+    return arrays
+
+
 @dataclass
 class Person:
     score: float

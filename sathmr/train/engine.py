@@ -21,7 +21,7 @@ import torch
 
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
-from sathmr.postprocess import decode_people
+from sathmr.postprocess import as_arrays, decode_outputs, decode_people
 
 
 @dataclass
@@ -222,7 +222,6 @@ def evaluate(backend, dataset, body_model, threshold: float = 0.5, protocol: str
     n = len(dataset) if not limit else min(limit, len(dataset))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size,
                                          collate_fn=collate)
-    dev = next(iter(body_model.buffers())).device
     for imgs, targets in tqdm(loader, desc="eval", disable=not progress):
         images, img_hw = stack_images(imgs, targets)
         if backend.canvas_hw is not None:
@@ -230,11 +229,10 @@ def evaluate(backend, dataset, body_model, threshold: float = 0.5, protocol: str
             canvas[..., : images.shape[2], : images.shape[3]] = images
             images = canvas
         net = backend.run(images, img_hw)
-        dec = decode_people({k: v.to(dev) for k, v in net.items()}, img_hw.to(dev), body_model, backend.cfg)
+        dec = as_arrays(decode_outputs(net, img_hw, body_model, backend.cfg), backend.cfg)
         for i, t in enumerate(targets):
             keep = dec["pred_confs"][i, :, 0] > threshold
-            pred = {"j2ds": dec["pred_j2ds"][i, keep].cpu().numpy(), "j3ds": dec["pred_j3ds"][i, keep].cpu().numpy(),
-                    "verts": dec["pred_verts"][i, keep].cpu().numpy()}
+            pred = {"j2ds": dec["pred_j2ds"][i, keep], "j3ds": dec["pred_j3ds"][i, keep], "verts": dec["pred_verts"][i, keep]}
             gt = {"j2ds": t["j2ds"].numpy(), "j3ds": t["j3ds"].numpy(), "verts": t["verts"].numpy()}
             acc.add(pred, gt)
     return acc.result()
