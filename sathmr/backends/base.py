@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 import torch
 
@@ -28,6 +29,25 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.info.items() if isinstance(v, (str, int, float)))})"
+
+
+def fixed_batches(images: torch.Tensor, img_hw: torch.Tensor, fixed: int | None
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Split a batch into the graph's fixed batch size: (images, img_hw, number of real images).
+
+    A short last chunk is filled with copies of its last image (never zeros: an all-padding image
+    would have no valid key and produce NaN); the caller drops the extra outputs. Images are
+    independent in the graph (per-image masks), so the fill cannot change the real ones.
+    """
+    n = images.shape[0]
+    step = fixed or n
+    for s in range(0, n, step):
+        xb, hb = images[s:s + step], img_hw[s:s + step]
+        m = xb.shape[0]
+        if m < step:
+            xb = torch.cat([xb, xb[-1:].expand(step - m, *xb.shape[1:])])
+            hb = torch.cat([hb, hb[-1:].expand(step - m, *hb.shape[1:])])
+        yield xb, hb, m
 
 
 BACKENDS = ("torch", "torch-static", "ort", "trt")

@@ -9,12 +9,11 @@ CPU is worse than no number.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from sathmr.backends.base import Backend
+from sathmr.backends.base import Backend, fixed_batches
 from sathmr.errors import SathmrError
 from sathmr.export.onnx import INPUT_NAMES, ExportMeta, file_sha256, read_meta
 from sathmr.model.sathmr import NET_OUTPUTS
@@ -35,25 +34,6 @@ def providers_for(device: str, available: list[str]) -> list:
         # CPU stays in the list only for the few ops CUDA lacks (shape bookkeeping), as ORT intends
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     raise SathmrError(f"--device {device!r}: the ort backend supports cpu, cuda, cuda:N")
-
-
-def fixed_batches(images: torch.Tensor, img_hw: torch.Tensor, fixed: int | None
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """Split a batch into the graph's fixed batch size: (images, img_hw, number of real images).
-
-    A short last chunk is filled with copies of its last image (never zeros: an all-padding image
-    would have no valid key and produce NaN); the caller drops the extra outputs. Images are
-    independent in the graph (per-image masks), so the fill cannot change the real ones.
-    """
-    n = images.shape[0]
-    step = fixed or n
-    for s in range(0, n, step):
-        xb, hb = images[s:s + step], img_hw[s:s + step]
-        m = xb.shape[0]
-        if m < step:
-            xb = torch.cat([xb, xb[-1:].expand(step - m, *xb.shape[1:])])
-            hb = torch.cat([hb, hb[-1:].expand(step - m, *hb.shape[1:])])
-        yield xb, hb, m
 
 
 class OrtBackend(Backend):

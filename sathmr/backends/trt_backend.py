@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from sathmr.backends.base import Backend
-from sathmr.backends.ort_backend import fixed_batches
+from sathmr.backends.base import fixed_batches
 from sathmr.errors import SathmrError
 from sathmr.export.onnx import ExportMeta, file_sha256
 from sathmr.export.trt import sidecar
