@@ -92,11 +92,6 @@ CONFIGS: dict[str, ModelConfig] = {
         name="tiny", input_size=448, embed_dim=64, depth=6, num_heads=4, split_layer=3,
         dec_layers=3, dec_heads=2, dim_feedforward=128, num_queries=12,
     ),
-    # Twice tiny's width: the embedded default, trainable on a CPU in under an hour.
-    "mini": ModelConfig(
-        name="mini", input_size=448, embed_dim=128, depth=6, num_heads=4, split_layer=3,
-        dec_layers=3, dec_heads=4, dim_feedforward=256, num_queries=12,
-    ),
 }
 
 
