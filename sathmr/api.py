@@ -117,27 +117,38 @@ class Predictor:
         return results
 
 
+def open_backend(backend: str, checkpoint=None, smpl_dir=None, config: str | None = None, device: str = "cpu",
+                 model_path=None, **backend_kwargs) -> Backend:
+    """A backend by name from the CLI's options: torch ones from a checkpoint, ort/trt from an exported file."""
+    if backend in ("torch", "torch-static"):
+        return load_backend(backend, checkpoint=checkpoint, config=config, smpl_dir=smpl_dir, device=device,
+                            **backend_kwargs)
+    if model_path is None:
+        raise SathmrError(f"--backend {backend} needs --model (an exported file; see `sathmr export`)")
+    return load_backend(backend, path=model_path, device=device, config=config, checkpoint=checkpoint,
+                        **backend_kwargs)
+
+
+def load_body_for(backends: Sequence[Backend], smpl_dir=None, device: str = "cpu"):
+    """The body model (given folder, else the one a backend was loaded with, else the default),
+    checked against every backend that knows which one it was built with."""
+    from sathmr.body import load_body_model
+    from sathmr.weights import resolve
+
+    smpl_dir = smpl_dir or next((be.info["smpl_dir"] for be in backends if be.info.get("smpl_dir")), None)
+    body = load_body_model(smpl_dir or resolve(None, None).smpl_dir)
+    if device.startswith("cuda"):
+        body = body.to(device)
+    for be in backends:
+        check_body_model(be.info.get("human_model", {}), body)
+        be.check_body_model(body)
+    return body
+
+
 def load_predictor(backend: str = "torch", checkpoint=None, smpl_dir=None, config: str | None = None,
                    device: str = "cpu", thresholds: Sequence[float] = (0.3,), model_path=None,
                    with_verts: bool = True, **backend_kwargs) -> tuple[Predictor, dict]:
     """Build the backend and the body model; returns the predictor and what was loaded."""
-    from sathmr.body import load_body_model
-
-    if backend in ("torch", "torch-static"):
-        be = load_backend(backend, checkpoint=checkpoint, config=config, smpl_dir=smpl_dir, device=device,
-                          **backend_kwargs)
-    else:
-        if model_path is None:
-            raise SathmrError(f"--backend {backend} needs --model (an exported file; see `sathmr export`)")
-        be = load_backend(backend, path=model_path, device=device, config=config,
-                          checkpoint=checkpoint, **backend_kwargs)
-    smpl_dir = smpl_dir or be.info.get("smpl_dir")
-    if smpl_dir is None:
-        from sathmr.weights import resolve
-        smpl_dir = resolve(None, None).smpl_dir
-    body = load_body_model(smpl_dir)
-    if device.startswith("cuda"):
-        body = body.to(device)
-    check_body_model(be.info.get("human_model", {}), body)
-    be.check_body_model(body) if hasattr(be, "check_body_model") else None
+    be = open_backend(backend, checkpoint, smpl_dir, config, device, model_path, **backend_kwargs)
+    body = load_body_for([be], smpl_dir, device)
     return Predictor(be, body, thresholds, with_verts), be.info

@@ -273,8 +273,7 @@ def build_backends(names: Sequence[str], setup: Setup, device: str, threads: int
                               config=setup.model.cfg.name, checkpoint=checkpoint)
         else:
             raise SathmrError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-        if hasattr(be, "check_body_model"):
-            be.check_body_model(setup.body)
+        be.check_body_model(setup.body)
         after = current_rss_mb()
         load_mb[name] = (after - before) if after is not None and before is not None else None
         backends.append(be)

@@ -199,16 +199,6 @@ def compare_backends(a: Backend, b: Backend, body_model, items: list[Prepared], 
     return report
 
 
-def build_backend(name: str, model_path, checkpoint, config, smpl_dir, device: str) -> Backend:
-    from sathmr.backends import load_backend
-
-    if name in ("torch", "torch-static"):
-        return load_backend(name, checkpoint=checkpoint, config=config, smpl_dir=smpl_dir, device=device)
-    if model_path is None:
-        raise SathmrError(f"backend {name} needs --model (an exported file; see `sathmr export`)")
-    return load_backend(name, path=model_path, device=device, config=config, checkpoint=checkpoint)
-
-
 @click.command("parity")
 @click.option("--a", "name_a", type=click.Choice(["torch", "torch-static", "ort", "trt"]), default="torch", show_default=True)
 @click.option("--b", "name_b", type=click.Choice(["torch", "torch-static", "ort", "trt"]), default="ort", show_default=True)
@@ -227,8 +217,10 @@ def parity_command(name_a, name_b, model_path, checkpoint, config, smpl_dir, inp
     from sathmr.io import iter_inputs, write_json
     from sathmr.preprocess import prepare
 
-    backends = [build_backend(n, model_path, checkpoint, config, smpl_dir, device) for n in (name_a, name_b)]
-    body = load_body(smpl_dir, backends, device)
+    from sathmr.api import load_body_for, open_backend
+
+    backends = [open_backend(n, checkpoint, smpl_dir, config, device, model_path) for n in (name_a, name_b)]
+    body = load_body_for(backends, smpl_dir, device)
     items, names = [], []
     for it in iter_inputs(inputs):
         items.append(prepare(it.load(), backends[0].cfg.input_size, backends[0].cfg.pad_multiple))
@@ -239,19 +231,3 @@ def parity_command(name_a, name_b, model_path, checkpoint, config, smpl_dir, inp
         write_json(Path(json_path), report.to_json())
     if not report.passed:
         raise SystemExit(1)
-
-
-def load_body(smpl_dir, backends: list[Backend], device: str):
-    """The body model, checked against every backend that knows which one it was built with."""
-    from sathmr.body import load_body_model
-    from sathmr.weights import resolve
-
-    smpl_dir = smpl_dir or next((be.info["smpl_dir"] for be in backends if be.info.get("smpl_dir")), None)
-    body = load_body_model(smpl_dir or resolve(None, None).smpl_dir)
-    if device.startswith("cuda"):
-        body = body.to(device)
-    for be in backends:
-        if hasattr(be, "check_body_model"):
-            be.check_body_model(body)
-    return body
-

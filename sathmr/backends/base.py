@@ -27,6 +27,9 @@ class Backend(ABC):
     def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B,3,H,W) float32 normalised, img_hw (B,2) int64 → NET_OUTPUTS as CPU tensors."""
 
+    def check_body_model(self, body_model) -> None:
+        """Refuse a body model the backend was not built for (exported graphs record a fingerprint)."""
+
     def describe(self) -> str:
         return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.info.items() if isinstance(v, (str, int, float)))})"
 

@@ -41,15 +41,16 @@ class TorchBackend(Backend):
                         budget: TokenBudget | None = None, model: SATHMR | None = None, **_) -> "TorchBackend":
         from sathmr.export.budgets import default_budget
 
-        if model is None:
+        fresh = model is None
+        if fresh:
             from sathmr.api import load_network
             model, info = load_network(checkpoint, config, smpl_dir)
         else:
             info = {"checkpoint": "in-memory"}
         if static and budget is None:
             budget = default_budget(model.cfg)
-        if static and "in-memory" not in info.values():
-            model.set_budget(budget)  # a freshly loaded model: fix its budget in place, no copy
+        if static and fresh:
+            model.set_budget(budget)  # nobody else holds this model: fix its budget in place, no copy
         return cls(model, device, budget if static else None, info=info)
 
     @torch.inference_mode()

@@ -125,22 +125,21 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 def eval_command(data_root, dataset, checkpoint, backend, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...)."""
-    from sathmr.backends import load_backend
+    from sathmr.api import open_backend
     from sathmr.train.data.pipeline import BodyModels
     from sathmr.train.engine import evaluate
     from sathmr.weights import resolve
 
     (name, split), = parse_sets((dataset,), dataset)
-    if backend == "ort":
-        be = load_backend("ort", path=model_path, device=device)
-        smpl = Path(smpl_dir) if smpl_dir else body_for(None, data_root)
-    else:
-        res = resolve(checkpoint, smpl_dir or (str(Path(data_root) / "smpl") if (Path(data_root) / "smpl").is_dir() and checkpoint is None else None))
+    beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
+    res = resolve(checkpoint, smpl_dir or (beside if beside.is_dir() and checkpoint is None else None))
+    if backend != "ort":
         click.echo(res.note, err=True)
-        be = load_backend(backend, checkpoint=checkpoint, config=config, smpl_dir=res.smpl_dir, device=device)
-        smpl = res.smpl_dir
+    be = open_backend(backend, checkpoint, res.smpl_dir, config, device, model_path)
+    smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
+    be.check_body_model(body)
     ds = open_sets(data_root, [(name, split)], bodies, be.cfg, train=False)
     protocol = protocol or ("3dpw" if name == "3dpw" else "agora")
     kw = {}
