@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sathmr.errors import SathmrError
 
@@ -101,11 +101,3 @@ def get_config(name: str) -> ModelConfig:
     except KeyError:
         raise SathmrError(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}") from None
 
-
-@dataclass
-class InferConfig:
-    """Run-time options that do not change the network."""
-    thresholds: tuple[float, ...] = (0.3,)   # detection thresholds, strict ">", no NMS
-    batch_size: int = 1
-    device: str = "cpu"
-    extra: dict = field(default_factory=dict)

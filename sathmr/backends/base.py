@@ -30,9 +30,6 @@ class Backend(ABC):
     def check_body_model(self, body_model) -> None:
         """Refuse a body model the backend was not built for (exported graphs record a fingerprint)."""
 
-    def describe(self) -> str:
-        return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.info.items() if isinstance(v, (str, int, float)))})"
-
 
 def fixed_batches(images: torch.Tensor, img_hw: torch.Tensor, fixed: int | None
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,6 @@ class TrainConfig:
     max_steps: int = 0                 # stop early (0 = run all epochs); the schedule still spans all epochs
     log_every: int = 10
     mixed_precision: str = "no"        # "no" | "fp16" | "bf16" (accelerate)
-    extra: dict = field(default_factory=dict)
 
 
 def param_groups(model: torch.nn.Module, tc: TrainConfig) -> list[dict]:
