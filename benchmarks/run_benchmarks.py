@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from sathmr.bench import bench, format_markdown, format_report, plot_scaling
+from sathmr.bench.report import format_markdown, format_report
+from sathmr.bench.run import bench
+from sathmr.bench.scaling import plot_scaling
 from sathmr.errors import SathmrError
 from sathmr.io import atomic_write, write_json
 

@@ -12,6 +12,14 @@ from pathlib import Path
 
 import click
 
+from sathmr.api import Predictor, load_predictor
+from sathmr.infer import OutputPlan, run_infer
+from sathmr.train.cli import metrics_table, open_sets
+from sathmr.train.data.pipeline import BodyModels
+from sathmr.train.data.synthetic import generate_dataset
+from sathmr.train.engine import evaluate
+from sathmr.weights import resolve
+
 
 @click.command("demo")
 @click.option("--output", "-o", default="demo_out", show_default=True, type=click.Path(file_okay=False))
@@ -20,15 +28,6 @@ import click
 @click.option("--threshold", "-t", type=float, default=0.3, show_default=True, help="Detection threshold (the original demo uses 0.3).")
 def demo_command(output, inputs, scenes, threshold):
     """Run inference, overlays and an evaluation table on synthetic scenes (and your images)."""
-    from sathmr.api import load_predictor
-    from sathmr.backends.torch_backend import TorchBackend
-    from sathmr.infer import OutputPlan, run_infer
-    from sathmr.train.cli import metrics_table, open_sets
-    from sathmr.train.data.pipeline import BodyModels
-    from sathmr.train.data.synthetic import generate_dataset
-    from sathmr.train.engine import evaluate
-    from sathmr.weights import resolve
-
     out = Path(output)
     res = resolve(None, None)
     click.echo(res.note)
@@ -41,10 +40,10 @@ def demo_command(output, inputs, scenes, threshold):
     for name, src in [("synthetic", data / "bedlam" / "validation")] + ([("yours", Path(inputs))] if inputs else []):
         plan = OutputPlan(out / name, predictor.thresholds, overlay=True, mesh="obj")
         summary = run_infer(predictor, src, plan, progress=False)
-        click.echo(f"[{name}] " + summary.report(time.perf_counter() - t0, predictor.timings).replace("\n", "\n  "))
+        click.echo(f"[{name}] " + summary.report(time.perf_counter() - t0).replace("\n", "\n  "))
     bodies = BodyModels(res.smpl_dir)
     ds = open_sets(data, [("bedlam", "validation_6fps")], bodies, cfg, train=False)
-    metrics = evaluate(TorchBackend(predictor.backend.model), ds, bodies.get("neutral"), threshold)
+    metrics = evaluate(Predictor(predictor.backend, bodies.get("neutral"), (threshold,)), ds, threshold)
     click.echo(f"\nevaluation on {len(ds)} synthetic scenes (threshold {threshold}, AGORA protocol):")
     click.echo(metrics_table(metrics))
     click.echo(f"\noverlays, meshes and JSON in {out}/ (open {out}/synthetic/thresh_{threshold:g}/*.png)")

@@ -8,10 +8,15 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
+from sathmr.api import Predictor, load_predictor
+from sathmr.backends import BACKENDS
 from sathmr.errors import SathmrError
 from sathmr.io import InputItem, iter_inputs, write_json, write_meshes, write_npz, write_png
 from sathmr.postprocess import ImageResult
+from sathmr.preprocess import Prepared
+from sathmr.render import overlay_mosaic, person_colors
 
 
 @dataclass
@@ -37,25 +42,22 @@ class OutputPlan:
         return all(p.is_file() for p in self.files(name))
 
 
-def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor) -> None:
+def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Predictor) -> None:
     cfg = predictor.cfg
     faces = predictor.body_model.faces
     if plan.raw:
         write_npz(plan.root / "raw" / f"{res.name}.npz",
-                  {**res.raw, "scale_map": res.extras["scale_map"], "tok_yx": res.extras["tok_yx"],
-                   "tok_lvl": res.extras["tok_lvl"]})
+                  {**res.raw, "scale_map": res.scale_map, "tok_yx": res.tok_yx, "tok_lvl": res.tok_lvl})
     for t in plan.thresholds:
         people = res.people[t]
         verts = [p.vertices for p in people]
-        if plan.overlay or plan.mesh:
-            from sathmr.render import overlay_mosaic, person_colors
-            colors = person_colors(len(people))
+        colors = person_colors(len(people))
         if plan.overlay:
             boxes = np.array([p.box for p in people], dtype=np.float32).reshape(-1, 4) * res.scale
             img = overlay_mosaic(
-                res.extras["resized_bgr"], boxes, np.array([p.score for p in people]),
-                np.array(verts).reshape(len(people), -1, 3) if people else np.zeros((0, 0, 3)), faces, res.extras["intrinsics"],
-                res.extras["scale_map"], cfg.conf_thresh, res.extras["tok_yx"], res.extras["tok_lvl"], cfg.patch_size)
+                res.resized_bgr, boxes, np.array([p.score for p in people]),
+                np.array(verts).reshape(len(people), -1, 3) if people else np.zeros((0, 0, 3)), faces, res.intrinsics,
+                res.scale_map, cfg.conf_thresh, res.tok_yx, res.tok_lvl, cfg.patch_size)
             write_png(plan.tdir(t) / f"{res.name}.png", img)
         if plan.mesh:
             write_meshes(plan.tdir(t) / f"{res.name}.{plan.mesh}", verts, faces, colors[:, ::-1])
@@ -65,7 +67,7 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor) -> 
             "camera": {"focal_px_resized": cfg.focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
                        "note": "3D outputs are in the camera frame of the resized image; divide pixel "
                                "quantities by resize_rate for the original image (boxes and joints2d already are)"},
-            "tokens": res.tokens, "num_people": len(people), "people": [p.to_json() for p in people],
+            "tokens": res.tokens.to_json(), "num_people": len(people), "people": [p.to_json() for p in people],
         })
 
 
@@ -76,35 +78,35 @@ class Summary:
     failed: list[str] = field(default_factory=list)
     people: dict[float, int] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
+    network_s: float = 0.0
 
-    def report(self, seconds: float, timings: dict) -> str:
+    def report(self, seconds: float) -> str:
         lines = [f"processed {self.processed} image(s), skipped {self.skipped} already done, failed {len(self.failed)}"]
         for t, n in sorted(self.people.items()):
             lines.append(f"  threshold {t:g}: {n} people")
         if self.tokens:
             lines.append(f"  tokens per image: mean {np.mean(self.tokens):.0f} (min {min(self.tokens)}, max {max(self.tokens)})")
         if self.processed:
-            net = sum(timings.get("network", [])) / self.processed
+            net = self.network_s / self.processed
             lines.append(f"  time: {seconds:.1f} s total, network {net * 1000:.0f} ms/image")
         lines += [f"  failed: {f}" for f in self.failed]
         return "\n".join(lines)
 
 
-def run_infer(predictor, inputs: str | Path, plan: OutputPlan, batch_size: int = 1, overwrite: bool = False,
-              progress: bool = True) -> Summary:
-    from tqdm import tqdm
-
+def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_size: int = 1,
+              overwrite: bool = False, progress: bool = True) -> Summary:
     summary = Summary(people={t: 0 for t in plan.thresholds})
-    pending: list[tuple[InputItem, object]] = []
+    pending: list[tuple[InputItem, Prepared]] = []
 
     def flush() -> None:
         if not pending:
             return
-        results = predictor.run_prepared([p for _, p in pending], [it.name for it, _ in pending])
-        for (item, _), res in zip(pending, results):
+        out = predictor.run_batch([p for _, p in pending], [it.name for it, _ in pending])
+        summary.network_s += out.times["network"]
+        for (item, _), res in zip(pending, out.results):
             write_result(plan, res, item.source, predictor)
             summary.processed += 1
-            summary.tokens.append(sum(res.tokens[k] for k in ("level0", "level1", "level2")))
+            summary.tokens.append(res.tokens.total)
             for t in plan.thresholds:
                 summary.people[t] += len(res.people[t])
         pending.clear()
@@ -115,9 +117,7 @@ def run_infer(predictor, inputs: str | Path, plan: OutputPlan, batch_size: int =
             summary.skipped += 1
             continue
         try:
-            t0 = time.perf_counter()
             prepared = predictor.prepare(item.load())
-            predictor.timings["preprocess"].append(time.perf_counter() - t0)
         except SathmrError as exc:
             summary.failed.append(f"{item.source}: {exc}")
             bar.write(f"skipped {item.source}: {exc}")
@@ -132,7 +132,7 @@ def run_infer(predictor, inputs: str | Path, plan: OutputPlan, batch_size: int =
 @click.command("infer")
 @click.option("--input", "-i", "inputs", required=True, type=click.Path(), help="Image, folder of images, or video file.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--backend", type=click.Choice(["torch", "torch-static", "ort", "trt"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported model for --backend ort|trt.")
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
@@ -147,8 +147,6 @@ def run_infer(predictor, inputs: str | Path, plan: OutputPlan, batch_size: int =
 def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
                   save_mesh, save_raw, no_overlay, overwrite):
     """Detect people and estimate their SMPL meshes."""
-    from sathmr.api import load_predictor
-
     if batch_size < 1:
         raise SathmrError("--batch-size must be >= 1")
     predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config, device=device,
@@ -157,7 +155,7 @@ def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_
     plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw)
     t0 = time.perf_counter()
     summary = run_infer(predictor, inputs, plan, batch_size, overwrite)
-    click.echo(summary.report(time.perf_counter() - t0, predictor.timings))
+    click.echo(summary.report(time.perf_counter() - t0))
     click.echo(f"outputs in {plan.root}")
     if summary.failed and not summary.processed and not summary.skipped:
         raise SystemExit(1)

@@ -19,15 +19,13 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 
-from sathmr.backends.base import Backend
+from sathmr.api import Predictor, load_body_for
+from sathmr.backends import BACKENDS, load_backend
 from sathmr.errors import SathmrError
-from sathmr.model.geometry import box_cxcywh_to_xyxy
-from sathmr.model.sathmr import SATHMR
-from sathmr.postprocess import decode_outputs
-from sathmr.preprocess import Prepared, collate
+from sathmr.io import iter_inputs, write_json
+from sathmr.preprocess import Prepared
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
 DECODED_OUTPUTS = ("pred_poses", "pred_transl", "pred_j3ds", "pred_j2ds", "pred_verts", "pred_depths")
@@ -35,37 +33,15 @@ MATCH_IOU = 0.5           # below this a pair is two different people, not one p
 BORDERLINE_CONF = 1e-3    # a person this close to the threshold may legitimately appear in one backend only
 
 
-def spread_heads(model: SATHMR, seed: int = 0, conf_bias: float = -1.5, scale_bias: float = 1.0,
-                 spread: float = 3.0) -> SATHMR:
-    """Give randomly initialised heads outputs that spread across the thresholds, in place.
-
-    Random weights make the scale map uninformative (sigmoid of ~0: conf = scale = 0.5 in every
-    cell, so every cell is valid and the token set is degenerate) and every box the anchor. For
-    parity runs and benchmarks without trained weights: He-initialised scale-head layers and logits
-    of standard deviation ``spread`` around the given biases give a mixed set of SAT, level-1 and
-    level-2 tokens, boxes that move, and confidences on both sides of the detection threshold.
-    """
-    g = torch.Generator().manual_seed(seed)
-    randn = lambda t: torch.randn(t.shape, generator=g)  # noqa: E731
-    with torch.no_grad():
-        *hidden, last = model.scale_head.layers
-        for lin in hidden:
-            lin.weight.copy_(randn(lin.weight) * (2.0 / lin.in_features) ** 0.5)
-            lin.bias.zero_()
-        w = randn(last.weight)
-        last.weight.copy_((w - w.mean(1, keepdim=True)) * spread / last.in_features ** 0.5)  # ReLU inputs: zero-sum rows keep logits centred
-        last.bias.copy_(torch.tensor([conf_bias, scale_bias]))
-        for mlp in model.bbox_embed:
-            w = mlp.layers[-1].weight
-            w.copy_(randn(w) * 0.2 / w.shape[1] ** 0.5)
-        model.conf_head.weight.copy_(randn(model.conf_head.weight) * spread / model.conf_head.in_features ** 0.5)
-        model.conf_head.bias.zero_()
-    return model
+def diff_stats(a, b) -> dict[str, float]:
+    d = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    return {"max": float(d.max()) if d.size else 0.0, "mean": float(d.mean()) if d.size else 0.0}
 
 
-def diff_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    d = (a.double() - b.double()).abs()
-    return {"max": float(d.max()) if d.numel() else 0.0, "mean": float(d.mean()) if d.numel() else 0.0}
+def xyxy(boxes: np.ndarray) -> np.ndarray:
+    """(..., 4) cxcywh → xyxy."""
+    c, wh = boxes[..., :2], boxes[..., 2:]
+    return np.concatenate((c - wh / 2, c + wh / 2), -1)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -78,7 +54,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-12)
 
 
-def token_set(net: dict[str, torch.Tensor]) -> set[tuple[int, int, int]]:
+def token_set(net: dict) -> set[tuple[int, int, int]]:
     lvl, yx = net["tok_lvl"][0], net["tok_yx"][0]
     keep = lvl >= 0
     return {(int(l), int(y), int(x)) for l, (y, x) in zip(lvl[keep].tolist(), yx[keep].tolist())}
@@ -149,33 +125,25 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def run_one(backend: Backend, item: Prepared, body_model) -> tuple[dict, dict]:
-    """One image through a backend → (network outputs, decoded outputs), batch of one, CPU tensors."""
-    images, img_hw = collate([item], backend.canvas_hw)
-    net = backend.run(images, img_hw)
-    return net, decode_outputs(net, img_hw, body_model, backend.cfg)
-
-
-def compare_image(name: str, item: Prepared, a: Backend, b: Backend, body_model, threshold: float) -> ImageParity:
+def compare_image(name: str, item: Prepared, a: Predictor, b: Predictor, threshold: float) -> ImageParity:
+    """One image through both predictors (batch of one each), compared at every layer of output."""
     cfg = a.cfg
-    na, da = run_one(a, item, body_model)
-    nb, db = run_one(b, item, body_model)
+    oa, ob = a.run_batch([item], [name]), b.run_batch([item], [name])
+    na, nb, da, db = oa.net, ob.net, oa.decoded, ob.decoded
     hc, wc = (s // cfg.cell_size for s in item.tensor.shape[1:])
     network = {k: diff_stats(na[k], nb[k]) for k in QUERY_OUTPUTS}
     network["scale_map"] = diff_stats(na["scale_map"][:, :hc, :wc], nb["scale_map"][:, :hc, :wc])
     decoded = {k: diff_stats(da[k], db[k]) for k in DECODED_OUTPUTS if k in da}
 
-    ca, cb = da["pred_confs"][0, :, 0].numpy(), db["pred_confs"][0, :, 0].numpy()
+    ca, cb = da["pred_confs"][0, :, 0], db["pred_confs"][0, :, 0]
     qa, qb = np.flatnonzero(ca > threshold), np.flatnonzero(cb > threshold)
-    boxes = lambda d, q: box_cxcywh_to_xyxy(d["pred_boxes"][0, q]).numpy().reshape(-1, 4)  # noqa: E731
-    iou = box_iou(boxes(da, qa), boxes(db, qb))
+    iou = box_iou(xyxy(da["pred_boxes"][0, qa]).reshape(-1, 4), xyxy(db["pred_boxes"][0, qb]).reshape(-1, 4))
     rows, cols = linear_sum_assignment(-iou) if iou.size else (np.zeros(0, int), np.zeros(0, int))
     good = iou[rows, cols] >= MATCH_IOU if iou.size else np.zeros(0, bool)
     rows, cols = rows[good], cols[good]
-    ja, jb = da["pred_j3ds"][0, qa[rows]], db["pred_j3ds"][0, qb[cols]]
-    va, vb = da["pred_verts"][0, qa[rows]], db["pred_verts"][0, qb[cols]]
-    per_joint = (ja - jb).norm(dim=-1).mean(-1).double().numpy() * 1000
-    per_vert = (va - vb).norm(dim=-1).mean(-1).double().numpy() * 1000
+    mm = lambda x, y: np.linalg.norm(x.astype(np.float64) - y, axis=-1).mean(-1) * 1000  # noqa: E731
+    per_joint = mm(da["pred_j3ds"][0, qa[rows]], db["pred_j3ds"][0, qb[cols]])
+    per_vert = mm(da["pred_verts"][0, qa[rows]], db["pred_verts"][0, qb[cols]])
     lone = [ca[q] for i, q in enumerate(qa) if i not in set(rows)] + [cb[q] for i, q in enumerate(qb) if i not in set(cols)]
     borderline = sum(abs(c - threshold) < BORDERLINE_CONF for c in lone)
     stat = lambda x: {"mean": float(x.mean()) if x.size else 0.0, "max": float(x.max()) if x.size else 0.0}  # noqa: E731
@@ -189,19 +157,18 @@ def compare_image(name: str, item: Prepared, a: Backend, b: Backend, body_model,
         counts_b=counts_b, overflow_a=na["tok_overflow"][0].tolist(), overflow_b=nb["tok_overflow"][0].tolist())
 
 
-def compare_backends(a: Backend, b: Backend, body_model, items: list[Prepared], names: list[str],
+def compare_backends(a: Predictor, b: Predictor, items: list[Prepared], names: list[str],
                      threshold: float = 0.3, tol_mm: float = 1.0) -> ParityReport:
     if a.cfg != b.cfg:
         raise SathmrError(f"the backends run different configs ({a.cfg.name} vs {b.cfg.name}); nothing to compare")
-    report = ParityReport(a.name, b.name, threshold, tol_mm)
-    with torch.inference_mode():
-        report.images = [compare_image(n, it, a, b, body_model, threshold) for it, n in zip(items, names)]
+    report = ParityReport(a.backend.name, b.backend.name, threshold, tol_mm)
+    report.images = [compare_image(n, it, a, b, threshold) for it, n in zip(items, names)]
     return report
 
 
 @click.command("parity")
-@click.option("--a", "name_a", type=click.Choice(["torch", "torch-static", "ort", "trt"]), default="torch", show_default=True)
-@click.option("--b", "name_b", type=click.Choice(["torch", "torch-static", "ort", "trt"]), default="ort", show_default=True)
+@click.option("--a", "name_a", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
+@click.option("--b", "name_b", type=click.Choice(list(BACKENDS)), default="ort", show_default=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported file for an ort/trt side.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights of the torch side (default: weights/ or embedded).")
 @click.option("--config", default=None, help="Model config of an official checkpoint.")
@@ -214,18 +181,15 @@ def compare_backends(a: Backend, b: Backend, body_model, items: list[Prepared], 
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
 def parity_command(name_a, name_b, model_path, checkpoint, config, smpl_dir, inputs, device, threshold, tol_mm, json_path):
     """Run the same images through two backends and compare outputs; exit 1 when over tolerance."""
-    from sathmr.io import iter_inputs, write_json
-    from sathmr.preprocess import prepare
-
-    from sathmr.api import load_body_for, open_backend
-
-    backends = [open_backend(n, checkpoint, smpl_dir, config, device, model_path) for n in (name_a, name_b)]
+    backends = [load_backend(n, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=smpl_dir,
+                             device=device) for n in (name_a, name_b)]
     body = load_body_for(backends, smpl_dir, device)
+    pa, pb = (Predictor(be, body, (threshold,)) for be in backends)
     items, names = [], []
     for it in iter_inputs(inputs):
-        items.append(prepare(it.load(), backends[0].cfg.input_size, backends[0].cfg.pad_multiple))
+        items.append(pa.prepare(it.load()))
         names.append(it.name)
-    report = compare_backends(backends[0], backends[1], body, items, names, threshold, tol_mm)
+    report = compare_backends(pa, pb, items, names, threshold, tol_mm)
     click.echo(report.summary())
     if json_path:
         write_json(Path(json_path), report.to_json())

@@ -7,7 +7,7 @@ results back to original image pixels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -111,16 +111,38 @@ class Person:
         }
 
 
+@dataclass(frozen=True)
+class TokenCounts:
+    """Memory tokens of one image per level, and what a fixed budget had to demote or drop."""
+    level0: int
+    level1: int
+    level2: int
+    sat_overflow: int = 0           # SAT cells demoted to level 1 (static budgets only)
+    context_overflow: int = 0       # context tokens dropped (static budgets only)
+
+    @property
+    def total(self) -> int:
+        return self.level0 + self.level1 + self.level2
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
 @dataclass
 class ImageResult:
+    """Everything inference knows about one image: people per threshold and what the network saw."""
     name: str
     orig_hw: tuple[int, int]
-    img_hw: tuple[int, int]
+    img_hw: tuple[int, int]                        # resized, unpadded
     scale: float                                   # resize rate r (canvas px = original px * r)
     people: dict[float, list[Person]]              # per detection threshold
-    tokens: dict[str, int]                         # token counts per level, overflow
+    tokens: TokenCounts
+    scale_map: np.ndarray                          # (hc, wc, 2) [conf, scale] on the image's own cells
+    tok_yx: np.ndarray                             # (L, 2) grid position of each memory token on its level
+    tok_lvl: np.ndarray                            # (L,) level 0/1/2
+    intrinsics: np.ndarray                         # (3, 3) camera of the resized image
     raw: dict[str, np.ndarray] = field(default_factory=dict)   # every query, original names, canvas frame
-    extras: dict = field(default_factory=dict)     # scale map, token layout, resized image (overlays)
+    resized_bgr: np.ndarray | None = None          # h x w x 3 uint8, for overlays
 
 
 def select_people(decoded: dict[str, np.ndarray], i: int, threshold: float, scale: float,

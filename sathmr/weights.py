@@ -8,10 +8,15 @@ every command work on a fresh machine without downloads; it is *not* a model of 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sathmr.body import default_smpl_dir, generate_synthetic, load_mean_params
+from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
+from sathmr.model.checkpoint import load_model
+from sathmr.model.sathmr import SATHMR
 
 OFFICIAL_NAMES = ("sat_644.pth", "sat_644_agora.pth", "sat_644_3dpw.pth")
 EMBEDDED = Path(__file__).parent / "data" / "default_tiny.safetensors"
@@ -28,15 +33,12 @@ def cache_dir() -> Path:
 
 def synthetic_smpl_dir(size: str = "tiny") -> Path:
     """The synthetic body model, generated once into the cache (deterministic, so safe to reuse)."""
-    from sathmr.body import generate_synthetic
-
     out = cache_dir() / f"smpl_synthetic_{size}"
     if not (out / "SMPL_NEUTRAL.npz").is_file() or not (out / "smpl_mean_params.npz").is_file():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         generate_synthetic(tmp, size=size)
         tmp.mkdir(parents=True, exist_ok=True)
         if out.exists():
-            import shutil
             shutil.rmtree(out)
         tmp.replace(out)
     return out
@@ -52,8 +54,6 @@ class Resolved:
 
 def resolve(checkpoint: str | Path | None, smpl_dir: str | Path | None) -> Resolved:
     """Pick the checkpoint and body model; say plainly when real weights are absent."""
-    from sathmr.body import default_smpl_dir
-
     if checkpoint is not None:
         ckpt = Path(checkpoint)
         if not ckpt.is_file():
@@ -71,3 +71,21 @@ def resolve(checkpoint: str | Path | None, smpl_dir: str | Path | None) -> Resol
         return Resolved(None, smpl, True, note)
     smpl = Path(smpl_dir) if smpl_dir else default_smpl_dir()
     return Resolved(ckpt, smpl, False, f"weights: {ckpt}; body model: {smpl}")
+
+
+def load_network(checkpoint=None, config: str | ModelConfig | None = None, smpl_dir=None) -> tuple[SATHMR, dict]:
+    """The PyTorch network from a checkpoint (official or ours), the user's weights/ or the embedded default.
+
+    ``info`` holds what ``load_model`` reports plus ``note`` (what was picked, for the user),
+    ``smpl_dir`` (the body model that goes with it) and ``embedded``.
+    """
+    res = resolve(checkpoint, smpl_dir)
+    mean_params = None
+    if res.checkpoint is not None and res.checkpoint.suffix != ".safetensors":
+        try:
+            mean_params = load_mean_params(res.smpl_dir)
+        except SathmrError:
+            mean_params = None  # the official checkpoints carry the means; load_model says if not
+    model, info = load_model(res.checkpoint or EMBEDDED, config, mean_params)
+    info.update(note=res.note, smpl_dir=str(res.smpl_dir), embedded=res.embedded)
+    return model, info

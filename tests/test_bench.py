@@ -14,7 +14,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sathmr.bench import STAGES, forced_layout, latency_stats, parse_backends
+from sathmr.bench.cli import parse_backends
+from sathmr.bench.measure import latency_stats
+from sathmr.bench.run import STAGES
+from sathmr.bench.scaling import forced_layout
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
@@ -26,7 +29,7 @@ TINY = get_config("tiny")
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory) -> tuple[dict, str, Path]:
     out = tmp_path_factory.mktemp("bench")
-    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,ort,trt", "--synthetic",
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,ort,trt",
                                     "--iters", "2", "--warmup", "1", "--threads", "1", "--scaling",
                                     "--scaling-iters", "1", "--plot", str(out / "scaling.png"),
                                     "--json", str(out / "bench.json")])

@@ -18,25 +18,29 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import real_image_paths
+from helpers import graph_op_types
+from helpers import output_shapes as static_output_shapes
+from sathmr.api import Predictor
 from sathmr.backends import load_backend
 from sathmr.backends.ort_backend import OrtBackend, providers_for
 from sathmr.backends.torch_backend import TorchBackend
+from sathmr.bench.setup import spread_heads
 from sathmr.body import load_body_model
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
-from sathmr.export.budgets import default_budget
-from sathmr.export.onnx import (ExportMeta, export_from_checkpoint, export_onnx, file_sha256, graph_op_types, read_meta,
-                                static_output_shapes)
+from sathmr.export.meta import ExportMeta, file_sha256, read_meta
+from sathmr.export.onnx import export_from_checkpoint, export_onnx
 from sathmr.model import build_model
 from sathmr.model.checkpoint import save_checkpoint
-from sathmr.model.tokens import TokenBudget
-from sathmr.parity import compare_backends, spread_heads
+from sathmr.model.tokens import TokenBudget, default_budget
+from sathmr.parity import compare_backends
 from sathmr.preprocess import collate, prepare, read_image
 from sathmr.weights import synthetic_smpl_dir
 
 TINY = get_config("tiny")
-REAL = sorted(p for p in Path("/work/shared/data/images").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+REAL = real_image_paths()
 TOL_MM = 0.05
 TOL_NET = 1e-4
 
@@ -109,7 +113,8 @@ def test_ort_matches_torch_dynamic(tiny_onnx, tiny_model, body):
     ort_be = OrtBackend.from_file(tiny_onnx[0], threads=2)
     torch_be = TorchBackend(tiny_model)
     items, names = prepared_all()
-    report = compare_backends(torch_be, ort_be, body, items, names, threshold=0.3, tol_mm=TOL_MM)
+    report = compare_backends(Predictor(torch_be, body), Predictor(ort_be, body), items, names, threshold=0.3,
+                              tol_mm=TOL_MM)
     assert report.passed, report.summary()
     for im in report.images:
         assert im.tokens_equal and im.overflow_b == [0, 0], report.summary()
@@ -147,9 +152,8 @@ def test_forced_overflow_demotes_largest_scale(tiny_model, tiny_onnx, tmp_path, 
     lvl1 = {tuple(map(int, yx)) for yx in out["tok_yx"][0][out["tok_lvl"][0] == 1].tolist()}
     assert demoted <= lvl1
     # and the predictor surfaces the flag (what `infer` writes into its JSON)
-    from sathmr.api import Predictor
-    res = Predictor(be, load_body_model(smpl_dir)).run_prepared([item], ["x"])[0]
-    assert res.tokens["sat_overflow"] == need - ks and res.tokens["level0"] == 4 * ks
+    res = Predictor(be, load_body_model(smpl_dir)).run_batch([item], ["x"]).results[0]
+    assert res.tokens.sat_overflow == need - ks and res.tokens.level0 == 4 * ks
 
 
 def test_fixed_batch_pads_and_dynamic_batch(tiny_ckpt, smpl_dir, tiny_onnx, tmp_path):
@@ -225,7 +229,7 @@ def test_cuda_refused_without_provider(tiny_onnx):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has the CUDA provider; the refusal is covered by providers_for above")
     with pytest.raises(SathmrError, match="CUDAExecutionProvider"):
-        load_backend("ort", path=tiny_onnx[0], device="cuda")
+        load_backend("ort", model_path=tiny_onnx[0], device="cuda")
 
 
 def test_trt_backend_without_tensorrt(tiny_onnx, tmp_path):
@@ -235,7 +239,7 @@ def test_trt_backend_without_tensorrt(tiny_onnx, tmp_path):
     except ImportError:
         pass
     with pytest.raises(SathmrError, match=r"sathmr\[gpu\]"):
-        load_backend("trt", path=tmp_path / "x.engine")
+        load_backend("trt", model_path=tmp_path / "x.engine")
     r = CliRunner().invoke(main, ["export", "--format", "trt", "--onnx", str(tiny_onnx[0]), "-o", str(tmp_path / "x.engine")])
     assert r.exit_code == 2 and "tensorrt" in r.output
 
@@ -246,7 +250,7 @@ def test_trt_engine_matches_ort(tiny_onnx, tmp_path):
         pytest.skip("TensorRT needs a CUDA GPU")
     from sathmr.export.trt import build_engine
     engine = build_engine(tiny_onnx[0], tmp_path / "tiny.engine")
-    trt_be, ort_be = load_backend("trt", path=engine, device="cuda"), OrtBackend.from_file(tiny_onnx[0])
+    trt_be, ort_be = load_backend("trt", model_path=engine, device="cuda"), OrtBackend.from_file(tiny_onnx[0])
     items, _ = prepared_all()
     x, hw = collate(items[:1], ort_be.canvas_hw)
     a, b = trt_be.run(x, hw), ort_be.run(x, hw)

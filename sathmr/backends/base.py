@@ -1,4 +1,4 @@
-"""The backend interface and the factory that picks one by name."""
+"""The backend interface: what every engine that runs the network provides."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import torch
 
 from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
 
 
 class Backend(ABC):
@@ -30,6 +29,9 @@ class Backend(ABC):
     def check_body_model(self, body_model) -> None:
         """Refuse a body model the backend was not built for (exported graphs record a fingerprint)."""
 
+    def warmup(self) -> None:
+        """Allocate what the first real call would (kernels, arenas, engines); default: nothing to do."""
+
 
 def fixed_batches(images: torch.Tensor, img_hw: torch.Tensor, fixed: int | None
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
@@ -48,23 +50,3 @@ def fixed_batches(images: torch.Tensor, img_hw: torch.Tensor, fixed: int | None
             xb = torch.cat([xb, xb[-1:].expand(step - m, *xb.shape[1:])])
             hb = torch.cat([hb, hb[-1:].expand(step - m, *hb.shape[1:])])
         yield xb, hb, m
-
-
-BACKENDS = ("torch", "torch-static", "ort", "trt")
-
-
-def load_backend(name: str, **kwargs) -> Backend:
-    """Build a backend by name; imports of optional engines happen only here, lazily."""
-    if name == "torch":
-        from sathmr.backends.torch_backend import TorchBackend
-        return TorchBackend.from_checkpoint(**kwargs)
-    if name == "torch-static":
-        from sathmr.backends.torch_backend import TorchBackend
-        return TorchBackend.from_checkpoint(static=True, **kwargs)
-    if name == "ort":
-        from sathmr.backends.ort_backend import OrtBackend
-        return OrtBackend.from_file(**kwargs)
-    if name == "trt":
-        from sathmr.backends.trt_backend import TrtBackend
-        return TrtBackend.from_file(**kwargs)
-    raise SathmrError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

@@ -15,7 +15,7 @@ import torch
 
 from sathmr.backends.base import Backend, fixed_batches
 from sathmr.errors import SathmrError
-from sathmr.export.onnx import INPUT_NAMES, ExportMeta, file_sha256, read_meta
+from sathmr.export.meta import INPUT_NAMES, ExportMeta, file_sha256, read_meta
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.optional import require
 
@@ -49,7 +49,7 @@ class OrtBackend(Backend):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
-                  config: str | None = None, checkpoint: str | Path | None = None, **_) -> "OrtBackend":
+                  config: str | None = None, checkpoint: str | Path | None = None) -> "OrtBackend":
         """Open ``path``; ``config``/``checkpoint``, when given, must be the ones it was exported from."""
         ort = require("onnxruntime")
         path = Path(path)
@@ -60,9 +60,10 @@ class OrtBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        errors = ort.capi.onnxruntime_pybind11_state
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - a broken file or provider failure, reported in one line
+        except (errors.InvalidProtobuf, errors.InvalidGraph, errors.NoSuchFile) as exc:   # a bad file: the user's
             raise SathmrError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
         used = session.get_providers()
         if providers[0] != "CPUExecutionProvider" and "CUDAExecutionProvider" not in used:

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 
-from sathmr.backends.base import Backend
-from sathmr.backends.base import fixed_batches
+from sathmr.backends.base import Backend, fixed_batches
 from sathmr.errors import SathmrError
-from sathmr.export.onnx import ExportMeta, file_sha256
-from sathmr.export.trt import sidecar
+from sathmr.export.meta import ExportMeta, file_sha256, sidecar
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.optional import require
 
@@ -37,7 +35,7 @@ class TrtBackend(Backend):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cuda", config: str | None = None,
-                  checkpoint: str | Path | None = None, **_) -> "TrtBackend":
+                  checkpoint: str | Path | None = None) -> "TrtBackend":
         trt = require("tensorrt")
         path = Path(path)
         if not path.is_file():

@@ -9,8 +9,10 @@ from pathlib import Path
 import click
 
 from sathmr.errors import SathmrError
-from sathmr.export.onnx import DEFAULT_OPSET
-from sathmr.model.tokens import TokenBudget
+from sathmr.export.meta import DEFAULT_OPSET, sidecar
+from sathmr.export.onnx import export_from_checkpoint
+from sathmr.export.trt import build_engine
+from sathmr.model.tokens import TokenBudget, stage_lengths
 
 
 def parse_canvas(text: str | None) -> tuple[int, int] | None:
@@ -42,9 +44,6 @@ def parse_canvas(text: str | None) -> tuple[int, int] | None:
 def export_command(fmt, output, checkpoint, config, smpl_dir, budget_sat, budget_context, canvas, batch, dynamic_batch,
                    fp16, opset, simplify, onnx_path, workspace_gb):
     """Export the network with fixed token budgets (static shapes) for ONNX Runtime or TensorRT."""
-    from sathmr.export.budgets import stage_lengths
-    from sathmr.export.onnx import export_from_checkpoint
-
     output = Path(output)
     if dynamic_batch and batch is not None:
         raise SathmrError("--batch and --dynamic-batch exclude each other")
@@ -68,7 +67,5 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, budget_sat, budget
 
 
 def _build_trt(onnx_path: Path, output: Path, fp16: bool, workspace_gb: float) -> None:
-    from sathmr.export.trt import build_engine, sidecar
-
     build_engine(onnx_path, output, fp16=fp16, workspace_gb=workspace_gb)
     click.echo(f"wrote {output} (+ {sidecar(output).name})")

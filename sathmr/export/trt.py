@@ -11,17 +11,12 @@ import json
 from pathlib import Path
 
 from sathmr.errors import SathmrError
-from sathmr.export.onnx import read_meta
+from sathmr.export.meta import read_meta, sidecar
 from sathmr.io import atomic_write
 from sathmr.optional import require
 
 #: largest batch a dynamic-batch ONNX graph is built for in TensorRT (optimisation profile max)
 DEFAULT_MAX_BATCH = 8
-
-
-def sidecar(engine_path: str | Path) -> Path:
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
 
 
 def build_engine(onnx_path: str | Path, output: str | Path, fp16: bool = False, workspace_gb: float = 4.0,

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from sathmr import __version__
 from sathmr.config import ModelConfig, get_config
@@ -150,8 +153,6 @@ def load_strict(model: SATHMR, state: dict[str, torch.Tensor]) -> None:
 # -------------------------------------------------------------------------------------------------
 # Our format
 def save_checkpoint(model: SATHMR, path: str | Path, extra: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
     path = Path(path)
     meta = {"format": FORMAT_TAG, "sathmr_version": __version__, "config": model.cfg.to_json(),
             **{k: json.dumps(v) for k, v in (extra or {}).items()}}
@@ -168,19 +169,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
     if not path.is_file():
         raise SathmrError(f"checkpoint not found: {path} (see weights/README.md for where official weights go)")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             state = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file for the user
+        except SafetensorError as exc:   # a truncated or foreign file: the user's to fix
             raise SathmrError(f"cannot read checkpoint {path}: {exc}") from None
         cfg = ModelConfig.from_json(meta["config"]) if meta.get("format") == FORMAT_TAG else None
         return state, cfg, meta
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:   # not a weights-only torch file
         raise SathmrError(f"cannot read checkpoint {path} (truncated, or not a weights-only torch file): "
                           f"{str(exc).splitlines()[0]}") from None
     return unwrap_state_dict(obj), None, {}

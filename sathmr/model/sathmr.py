@@ -9,6 +9,7 @@ SMPL *parameters*; SMPL, projection and thresholding are shared post-processing
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,8 @@ from sathmr.config import ModelConfig
 from sathmr.model.decoder import Decoder
 from sathmr.model.geometry import bicubic_half_matrix, sine_xy
 from sathmr.model.layers import MLP, Block, run_blocks
-from sathmr.model.tokens import TokenBudget, TokenSelector
+from sathmr.model.tokens import (Selection, TokenBudget, TokenLayout, TokenSelector, cell_mask, token_layout,
+                                 token_outputs)
 
 # Names of the network outputs, in the order an exported graph returns them.
 NET_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam",
@@ -28,6 +30,24 @@ NET_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_ca
 def batched_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x (B, N, ...) , idx (B, K) → (B, K, ...)."""
     return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
+
+
+@dataclass
+class ScaleStage:
+    """Stage A: what the token selection needs and what stages B and C reuse."""
+    scale_map: torch.Tensor     # (B, Hc, Wc, 2) sigmoid [person confidence, person scale] per level-1 cell
+    t1: torch.Tensor            # (B, Hc*Wc, C) level-1 tokens after the extra blocks (raw, not normed)
+    cls: torch.Tensor           # (B, 1, C) CLS after the extra blocks (the CLS of stage C)
+    cell_mask: torch.Tensor     # (B, Hc, Wc) bool: cell inside its image (False = batch padding)
+
+
+@dataclass
+class Memory:
+    """Decoder memory: stage-C features with their positional code."""
+    memory: torch.Tensor        # (B, L, C)
+    pos: torch.Tensor           # (B, L, C) sine code + level embedding
+    valid: torch.Tensor | None  # (B, L) bool; None when no slot of the batch is padding
+    layout: TokenLayout
 
 
 class Encoder(nn.Module):
@@ -100,90 +120,94 @@ class SATHMR(nn.Module):
         """
         return torch.einsum("ij,jkc,lk->ilc", self._half, self.encoder_pos_embeds, self._half)
 
-    def cell_mask(self, img_hw: torch.Tensor, hc: int, wc: int) -> torch.Tensor:
-        """(B, Hc, Wc) bool: level-1 cell inside the image's own 56-px-padded extent."""
-        m = self.cfg.pad_multiple
-        rows = (img_hw[:, 0] + m - 1) // m * 2
-        cols = (img_hw[:, 1] + m - 1) // m * 2
-        ys = torch.arange(hc, device=img_hw.device)
-        xs = torch.arange(wc, device=img_hw.device)
-        return (ys[None, :, None] < rows[:, None, None]) & (xs[None, None, :] < cols[:, None, None])
-
     # ------------------------------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor, img_hw: torch.Tensor, scale_map_override: torch.Tensor | None = None):
-        """Image batch → decoder memory with positions, plus the scale map and the token selection."""
+    # The forward pass in three public seams. The two-stage export runs ``forward_scale_map`` as its
+    # first graph, the shared ``TokenSelector`` in between and ``forward_tokens`` + ``forward_decoder``
+    # as its second graph; ``forward`` chains them for the dynamic model, so the two cannot drift apart.
+    def forward_scale_map(self, images: torch.Tensor, img_hw: torch.Tensor, always_mask: bool = False) -> ScaleStage:
+        """Stage A: level-1 tokens (2x2 mean pool, level-1 patch projection) through the extra blocks,
+        then the scale map [must match §1.6 steps 1-4].
+
+        images (B,3,H,W) normalised, H and W multiples of 56; img_hw (B,2) the unpadded resized sizes.
+        ``always_mask`` keeps the key mask even when no cell of the batch is padding (exported graphs,
+        whose shapes must not depend on the data); otherwise an all-valid mask is dropped.
+        """
+        cfg = self.cfg
+        B, _, H, W = images.shape
+        C, hc, wc = cfg.embed_dim, H // cfg.cell_size, W // cfg.cell_size
+        cells = cell_mask(img_hw, hc, wc, cfg.pad_multiple)
+        cls = self.encoder_cr_token.expand(B, 1, C)
+        t1 = self.encoder_patch_proj[1](F.avg_pool2d(images, 2)).flatten(2).transpose(1, 2)
+        t1 = t1 + self.level1_pos_table()[:hc, :wc].reshape(1, hc * wc, C)
+        cells_valid = cells.flatten(1)
+        key_valid = torch.cat((cells_valid.new_ones(B, 1), cells_valid), 1)
+        if not always_mask and bool(cells_valid.all()):
+            key_valid = None
+        seq = run_blocks(self.encoder.additional_blocks, torch.cat((cls, t1), 1), key_valid)
+        cls_a, t1 = seq[:, :1], seq[:, 1:]
+        scale_map = self.scale_head(self.enc_inter_norm(t1)).sigmoid().view(B, hc, wc, 2)
+        return ScaleStage(scale_map=scale_map, t1=t1, cls=cls_a, cell_mask=cells)
+
+    def forward_tokens(self, images: torch.Tensor, t1: torch.Tensor, cls_a: torch.Tensor, sel: Selection,
+                       always_mask: bool = False) -> Memory:
+        """Stages B and C on a token selection → the decoder memory with its positional code.
+
+        Four level-0 tokens per SAT cell (full resolution, original blocks 0..split-1), the kept level-1
+        tokens, level-2 tokens (channel max of a 2x2 group's stage-A outputs), then the remaining blocks
+        on [CLS_A ; level 0 ; level 1 ; level 2] [must match §1.6 steps 6-12].
+        """
         cfg = self.cfg
         B, _, H, W = images.shape
         cs, C, G0 = cfg.cell_size, cfg.embed_dim, cfg.grid0
         hc, wc = H // cs, W // cs
-        static = self.tokens.budget.is_static
-        cell_mask = self.cell_mask(img_hw, hc, wc)
-        ones = torch.ones(B, 1, dtype=torch.bool, device=images.device)
+        ones = sel.sat_valid.new_ones(B, 1)
         cls = self.encoder_cr_token.expand(B, 1, C)
-
-        # Stage A: level-1 tokens (2x2 mean pool, then the level-1 patch projection) + extra blocks
-        t1 = self.encoder_patch_proj[1](F.avg_pool2d(images, 2)).flatten(2).transpose(1, 2)
-        t1 = t1 + self.level1_pos_table()[:hc, :wc].reshape(1, hc * wc, C)
-        cells_valid = cell_mask.flatten(1)
-        key_valid = torch.cat((ones, cells_valid), 1)
-        if not static and bool(cells_valid.all()):
-            key_valid = None
-        seq = run_blocks(self.encoder.additional_blocks, torch.cat((cls, t1), 1), key_valid)
-        cls_a, T1 = seq[:, :1], seq[:, 1:]
-        scale_map = self.scale_head(self.enc_inter_norm(T1)).sigmoid().view(B, hc, wc, 2)
-
-        sel = self.tokens(scale_map if scale_map_override is None else scale_map_override, cell_mask)
+        layout = token_layout(sel, hc, wc)
         ks = sel.sat_idx.shape[1]
-
-        # Stage B: four level-0 tokens per SAT cell, full resolution, original blocks 0..split-1
-        y1, x1 = sel.sat_idx // wc, sel.sat_idx % wc
-        dy = torch.tensor([0, 0, 1, 1], device=images.device)
-        dx = torch.tensor([0, 1, 0, 1], device=images.device)
-        y0 = (2 * y1[..., None] + dy).flatten(1)
-        x0 = (2 * x1[..., None] + dx).flatten(1)
-        valid0 = sel.sat_valid.repeat_interleave(4, dim=1)
+        valid0 = layout.valid[:, : 4 * ks]
         if ks > 0:
             cells = images.view(B, 3, hc, cs, wc, cs).permute(0, 2, 4, 1, 3, 5).reshape(B, hc * wc, 3, cs, cs)
             patches = batched_gather(cells, sel.sat_idx).reshape(B * ks, 3, cs, cs)
             t0 = self.encoder_patch_proj[0](patches).flatten(2).transpose(1, 2).reshape(B, 4 * ks, C)
+            y0, x0 = layout.y[:, : 4 * ks], layout.x[:, : 4 * ks]
             t0 = t0 + batched_gather(self.encoder_pos_embeds.view(1, G0 * G0, C).expand(B, -1, -1), y0 * G0 + x0)
-            seq = torch.cat((cls, t0), 1)
             kv = torch.cat((ones, valid0), 1)
-            T0 = run_blocks(self.encoder.blocks[: cfg.split_layer], seq, None if not static and bool(kv.all()) else kv)[:, 1:]
+            T0 = run_blocks(self.encoder.blocks[: cfg.split_layer], torch.cat((cls, t0), 1),
+                            None if not always_mask and bool(kv.all()) else kv)[:, 1:]
         else:
-            T0 = T1.new_zeros(B, 0, C)
+            T0 = t1.new_zeros(B, 0, C)
+        T2 = t1.view(B, hc // 2, 2, wc // 2, 2, C).amax(dim=(2, 4)).reshape(B, -1, C)
+        ctx = batched_gather(torch.cat((t1, T2), 1), sel.ctx_idx)
 
-        # Level-1 cells kept, level-2 groups (channel max of the four stage-A outputs)
-        T2 = T1.view(B, hc // 2, 2, wc // 2, 2, C).amax(dim=(2, 4)).reshape(B, -1, C)
-        ctx = batched_gather(torch.cat((T1, T2), 1), sel.ctx_idx)
-        n1 = hc * wc
-        is_l1 = sel.ctx_idx < n1
-        g = (sel.ctx_idx - n1).clamp(min=0)
-        cy = torch.where(is_l1, sel.ctx_idx // wc, g // (wc // 2))
-        cx = torch.where(is_l1, sel.ctx_idx % wc, g % (wc // 2))
-
-        # Stage C on [CLS_A ; level 0 ; level 1 ; level 2]
-        mem_valid = torch.cat((valid0, sel.ctx_valid), 1)
-        kv = torch.cat((ones, mem_valid), 1)
-        if not static and bool(kv.all()):
-            kv, mem_valid_or_none = None, None
-        else:
-            mem_valid_or_none = mem_valid
+        kv = torch.cat((ones, layout.valid), 1)
+        mem_valid = layout.valid
+        if not always_mask and bool(kv.all()):
+            kv, mem_valid = None, None
         seq = run_blocks(self.encoder.blocks[cfg.split_layer:], torch.cat((cls_a, T0, ctx), 1), kv)
         memory = self.feature_proj(self.encoder.norm(seq[:, 1:]))
+        grid = torch.tensor([cfg.grid0, cfg.grid1, cfg.grid2], dtype=torch.float32, device=images.device)[layout.lvl]
+        pos = sine_xy((layout.x + 0.5) / grid, (layout.y + 0.5) / grid, C).to(memory.dtype) + self.level_embed[layout.lvl]
+        return Memory(memory=memory, pos=pos, valid=mem_valid, layout=layout)
 
-        tok_y = torch.cat((y0, cy), 1)
-        tok_x = torch.cat((x0, cx), 1)
-        lvl = torch.cat((torch.zeros_like(y0), torch.where(is_l1, 1, 2)), 1)
-        grid = torch.tensor([cfg.grid0, cfg.grid1, cfg.grid2], dtype=torch.float32, device=images.device)[lvl]
-        mem_pos = sine_xy((tok_x + 0.5) / grid, (tok_y + 0.5) / grid, C).to(memory.dtype) + self.level_embed[lvl]
-        tokens = {
-            "tok_yx": torch.stack((tok_y, tok_x), -1),
-            "tok_lvl": torch.where(mem_valid, lvl, -1),
-            "tok_counts": sel.counts,
-            "tok_overflow": sel.overflow,
-        }
-        return memory, mem_pos, mem_valid_or_none, scale_map, cell_mask, tokens
+    def forward_decoder(self, mem: Memory, dn=None) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]] | None]:
+        """Decoder and heads → per-layer predictions of the matching queries (and of the DN queries).
+
+        ``dn``: denoising queries (training), prepended to the matching queries and split off again.
+        """
+        B = mem.memory.shape[0]
+        tgt = self.tgt_embed.weight.expand(B, -1, -1)
+        ref = self.refpoint_embed.weight.expand(B, -1, -1)
+        blocked = None
+        if dn is not None:
+            tgt = torch.cat((dn.content, tgt), 1)
+            ref = torch.cat((dn.anchor_logit, ref), 1)
+            blocked = dn.attn_mask
+        hs, boxes = self.decoder(tgt, ref, mem.memory, mem.pos, mem.valid, self.bbox_embed, blocked)
+        layers = self.heads(hs, boxes)
+        if dn is None:
+            return layers, None
+        P = dn.content.shape[1]
+        return [{k: v[:, P:] for k, v in d.items()} for d in layers], [{k: v[:, :P] for k, v in d.items()} for d in layers]
 
     # ------------------------------------------------------------------------------------------------
     def heads(self, hs: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -208,27 +232,21 @@ class SATHMR(nn.Module):
                 scale_map_override: torch.Tensor | None = None) -> dict:
         """images (B,3,H,W) normalised, H and W multiples of 56; img_hw (B,2) unpadded resized sizes.
 
-        ``dn``: denoising queries (training), prepended to the matching queries.
-        ``scale_map_override``: a (B,Hc,Wc,2) map used for token selection instead of the prediction
-        (ground truth in the first training epoch, or a reference map in parity tests).
+        Returns ``scale_map`` (B,Hc,Wc,2), ``cell_mask`` (B,Hc,Wc), ``tokens`` (the ``tok_*`` outputs),
+        ``layers`` (per decoder layer: ``pred_boxes`` (B,Q,4) cxcywh/canvas, ``pred_confs`` (B,Q,1),
+        ``pred_pose6d`` (B,Q,144), ``pred_betas`` (B,Q,10), ``pred_cam`` (B,Q,3)) and, with ``dn``,
+        ``dn_layers``. ``scale_map_override``: a (B,Hc,Wc,2) map used for token selection instead of the
+        prediction (ground truth in the first training epoch, or a forced layout in benchmarks).
         """
-        memory, mem_pos, mem_valid, scale_map, cell_mask, tokens = self.encode(images, img_hw, scale_map_override)
-        B = images.shape[0]
-        tgt = self.tgt_embed.weight.expand(B, -1, -1)
-        ref = self.refpoint_embed.weight.expand(B, -1, -1)
-        blocked = None
-        if dn is not None:
-            tgt = torch.cat((dn.content, tgt), 1)
-            ref = torch.cat((dn.anchor_logit, ref), 1)
-            blocked = dn.attn_mask
-        hs, boxes = self.decoder(tgt, ref, memory, mem_pos, mem_valid, self.bbox_embed, blocked)
-        layers = self.heads(hs, boxes)
-        out = {"scale_map": scale_map, "cell_mask": cell_mask, "tokens": tokens}
-        if dn is not None:
-            P = dn.content.shape[1]
-            out["dn_layers"] = [{k: v[:, :P] for k, v in d.items()} for d in layers]
-            layers = [{k: v[:, P:] for k, v in d.items()} for d in layers]
-        out["layers"] = layers
+        static = self.tokens.budget.is_static
+        st = self.forward_scale_map(images, img_hw, always_mask=static)
+        sel = self.tokens(st.scale_map if scale_map_override is None else scale_map_override, st.cell_mask)
+        mem = self.forward_tokens(images, st.t1, st.cls, sel, always_mask=static)
+        layers, dn_layers = self.forward_decoder(mem, dn)
+        out = {"scale_map": st.scale_map, "cell_mask": st.cell_mask, "tokens": token_outputs(sel, mem.layout),
+               "layers": layers}
+        if dn_layers is not None:
+            out["dn_layers"] = dn_layers
         return out
 
     def net_outputs(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,8 +7,20 @@ import math
 from pathlib import Path
 
 import click
+import torch
 
+from sathmr.api import Predictor
+from sathmr.backends import BACKENDS, TorchBackend, load_backend
+from sathmr.body import default_smpl_dir, load_mean_params
+from sathmr.config import get_config
 from sathmr.errors import SathmrError
+from sathmr.io import write_json
+from sathmr.model import build_model
+from sathmr.model.checkpoint import init_from_dinov2, load_model
+from sathmr.train.data import open_dataset
+from sathmr.train.data.pipeline import BodyModels, HMRDataset
+from sathmr.train.engine import TrainConfig, evaluate, train
+from sathmr.weights import resolve
 
 
 def parse_sets(specs: tuple[str, ...], default: str) -> list[tuple[str, str]]:
@@ -23,19 +35,12 @@ def parse_sets(specs: tuple[str, ...], default: str) -> list[tuple[str, str]]:
 
 
 def open_sets(root, specs, bodies, cfg, train: bool, seed: int = 0):
-    import torch
-
-    from sathmr.train.data import open_dataset
-    from sathmr.train.data.pipeline import HMRDataset
-
     sets = [HMRDataset(open_dataset(root, n, s), bodies, cfg, train=train, seed=seed) for n, s in specs]
     return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
 
 
 def body_for(smpl_dir, data_root):
     """The SMPL folder: given, else the one `sathmr data synthetic` wrote next to the data, else weights/."""
-    from sathmr.body import default_smpl_dir
-
     if smpl_dir:
         return Path(smpl_dir)
     beside = Path(data_root) / "smpl"
@@ -70,26 +75,16 @@ def metrics_table(metrics: dict) -> str:
 def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output, epochs, batch_size, lr, lr_encoder,
                   max_steps, save_every, workers, mixed_precision, threshold, no_resume, seed):
     """Train SAT-HMR (also: `accelerate launch -m sathmr train ...`)."""
-    from sathmr.backends.torch_backend import TorchBackend
-    from sathmr.config import get_config
-    from sathmr.model import build_model
-    from sathmr.train.data.pipeline import BodyModels
-    from sathmr.train.engine import TrainConfig, evaluate, train
-
     cfg = get_config(config)
     smpl = body_for(smpl_dir, data_root)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
-    from sathmr.body import load_mean_params
     mp, ms = load_mean_params(smpl)
-    import torch
     model = build_model(cfg, torch.from_numpy(mp), torch.from_numpy(ms))
     if init:
         if init.startswith("dinov2:"):
-            from sathmr.model.checkpoint import init_from_dinov2
             init_from_dinov2(model, init.split(":", 1)[1])
         else:
-            from sathmr.model.checkpoint import load_model
             loaded, _ = load_model(init, cfg, (mp, ms))
             model.load_state_dict(loaded.state_dict())
     train_set = open_sets(data_root, parse_sets(datasets, "bedlam:train_6fps"), bodies, cfg, train=True, seed=seed)
@@ -99,7 +94,8 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
         val_set = open_sets(data_root, vspecs, bodies, cfg, train=False)
 
         def eval_fn(m):
-            return evaluate(TorchBackend(m, device=str(next(m.parameters()).device)), val_set, body, threshold)
+            backend = TorchBackend(m, device=str(next(m.parameters()).device))
+            return evaluate(Predictor(backend, body, (threshold,)), val_set, threshold)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, max_steps=max_steps,
                      save_every_steps=save_every, num_workers=workers, mixed_precision=mixed_precision, seed=seed)
     click.echo(f"training {cfg.name} on {len(train_set)} images ({', '.join(':'.join(s) for s in parse_sets(datasets, 'bedlam:train_6fps'))}); "
@@ -112,7 +108,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: weights/ or the embedded model.")
-@click.option("--backend", type=click.Choice(["torch", "torch-static", "ort"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported model for --backend ort.")
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
@@ -125,17 +121,13 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 def eval_command(data_root, dataset, checkpoint, backend, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...)."""
-    from sathmr.api import open_backend
-    from sathmr.train.data.pipeline import BodyModels
-    from sathmr.train.engine import evaluate
-    from sathmr.weights import resolve
-
     (name, split), = parse_sets((dataset,), dataset)
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
     res = resolve(checkpoint, smpl_dir or (beside if beside.is_dir() and checkpoint is None else None))
     if backend != "ort":
         click.echo(res.note, err=True)
-    be = open_backend(backend, checkpoint, res.smpl_dir, config, device, model_path)
+    be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=res.smpl_dir,
+                      device=device)
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
@@ -147,10 +139,10 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
         kw["h36m_regressor"] = smpl / "J_regressor_h36m_correct.npy"
     elif (smpl / "body_verts_smpl.npy").is_file():
         kw["body_verts"] = smpl / "body_verts_smpl.npy"
-    metrics = evaluate(be, ds, body, threshold, protocol, batch_size, limit=limit, progress=True, **kw)
+    metrics = evaluate(Predictor(be, body, (threshold,)), ds, threshold, protocol, batch_size, limit=limit,
+                       progress=True, **kw)
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     click.echo(f"{name}:{split}  threshold {threshold}  protocol {protocol}  images {limit or len(ds)}")
     click.echo(metrics_table(metrics))
     if json_path:
-        from sathmr.io import write_json
         write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol, **metrics})

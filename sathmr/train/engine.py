@@ -16,12 +16,22 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm import tqdm
 
+from sathmr.api import Predictor
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
-from sathmr.postprocess import as_arrays, decode_outputs, decode_people
+from sathmr.model.checkpoint import save_checkpoint
+from sathmr.model.sathmr import SATHMR
+from sathmr.postprocess import decode_people
+from sathmr.preprocess import Prepared
+from sathmr.train.data.pipeline import collate, seed_epoch, stack_images
+from sathmr.train.dn import build_dn_queries
+from sathmr.train.losses import SetCriterion, accelerate_reducer
+from sathmr.train.metrics import EvalAccumulator
 
 
 @dataclass
@@ -54,21 +64,6 @@ def cosine_lambda(total_steps: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-class SeededEpochDataset(torch.utils.data.Dataset):
-    """Re-seeds the wrapped dataset's augmentation per (seed, epoch, index): order-independent and resumable."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        self.dataset._rng = np.random.default_rng([self.seed, self.epoch, i])
-        self.dataset._rng_key = -1 if torch.utils.data.get_worker_info() is None else int(torch.utils.data.get_worker_info().seed)
-        return self.dataset[i]
-
-
 def move_targets(targets: list[dict], device) -> list[dict]:
     return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
@@ -84,9 +79,6 @@ def gt_scale_override(targets: list[dict], hc: int, wc: int, device) -> torch.Te
 def compute_loss(model, criterion, body_model, images, img_hw, targets, use_gt_map: bool, use_dn: bool,
                  generator: torch.Generator | None):
     """One forward + loss; shared by the training loop and the tests."""
-    from sathmr.model.sathmr import SATHMR
-    from sathmr.train.dn import build_dn_queries
-
     net: SATHMR = getattr(model, "module", model)
     cfg = net.cfg
     dn = build_dn_queries(targets, net.dn_enc, cfg.num_queries, cfg.dn_number, generator=generator) if use_dn else None
@@ -102,20 +94,14 @@ def compute_loss(model, criterion, body_model, images, img_hw, targets, use_gt_m
 
 def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: bool = True,
           eval_fn=None, log=print) -> dict:
-    """Train ``model`` on ``train_set`` (an HMRDataset); checkpoints and TensorBoard logs go to ``out_dir``."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-
-    from sathmr.model.checkpoint import save_checkpoint
-    from sathmr.train.data.pipeline import collate, stack_images
-    from sathmr.train.losses import SetCriterion, accelerate_reducer
-
+    """Train ``model`` on ``train_set`` (an HMRDataset or a ConcatDataset of them); checkpoints and
+    TensorBoard logs go to ``out_dir``. Every sample is seeded by (seed, epoch, index) (:func:`seed_epoch`)."""
     out_dir = Path(out_dir)
     acc = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard",
                       project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
     set_seed(tc.seed)
     cfg: ModelConfig = model.cfg
-    data = SeededEpochDataset(train_set, tc.seed)
+    data = train_set
     loader_gen = torch.Generator()
     loader = torch.utils.data.DataLoader(data, batch_size=tc.batch_size, shuffle=True, collate_fn=collate,
                                          num_workers=tc.num_workers, generator=loader_gen, drop_last=len(data) >= tc.batch_size)
@@ -155,7 +141,7 @@ def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: 
     model.train()
     stop = False
     for epoch in range(state["epoch"], tc.epochs):
-        data.epoch = epoch
+        seed_epoch(data, tc.seed, epoch)
         loader_gen.manual_seed(tc.seed * 1000 + epoch)
         skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
         it = acc.skip_first_batches(loader, skip) if skip else loader
@@ -208,27 +194,28 @@ def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: 
     return {"history": history, "state": state, "model": final}
 
 
-@torch.inference_mode()
-def evaluate(backend, dataset, body_model, threshold: float = 0.5, protocol: str = "agora",
-             batch_size: int = 4, body_verts=None, h36m_regressor=None, limit: int = 0, progress: bool = False) -> dict:
-    """Run a backend over an evaluation dataset (HMRDataset, eval mode) and score it (spec §7)."""
-    from tqdm import tqdm
+def eval_items(images: list[torch.Tensor], targets: list[dict]) -> list[Prepared]:
+    """Evaluation samples as the batch runner's inputs (already resized, padded and normalised)."""
+    items = []
+    for img, t in zip(images, targets):
+        hw = tuple(int(v) for v in t["img_size"])
+        r = float(t["resize_rate"])
+        items.append(Prepared(img, hw, r, (round(hw[0] / r), round(hw[1] / r)), None))
+    return items
 
-    from sathmr.train.data.pipeline import collate, stack_images
-    from sathmr.train.metrics import EvalAccumulator
 
+def evaluate(predictor: Predictor, dataset, threshold: float = 0.5, protocol: str = "agora", batch_size: int = 4,
+             body_verts=None, h36m_regressor=None, limit: int = 0, progress: bool = False) -> dict:
+    """Run a predictor over an evaluation dataset (HMRDataset, eval mode) and score it (spec §7).
+
+    Predictions are the queries with confidence > ``threshold`` in the canvas frame, as the GT is.
+    """
     acc = EvalAccumulator(protocol, body_verts=body_verts, h36m_regressor=h36m_regressor)
     n = len(dataset) if not limit else min(limit, len(dataset))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size,
                                          collate_fn=collate)
     for imgs, targets in tqdm(loader, desc="eval", disable=not progress):
-        images, img_hw = stack_images(imgs, targets)
-        if backend.canvas_hw is not None:
-            canvas = images.new_zeros(images.shape[0], 3, *backend.canvas_hw)
-            canvas[..., : images.shape[2], : images.shape[3]] = images
-            images = canvas
-        net = backend.run(images, img_hw)
-        dec = as_arrays(decode_outputs(net, img_hw, body_model, backend.cfg), backend.cfg)
+        dec = predictor.run_batch(eval_items(imgs, targets), [t["img_path"] for t in targets]).decoded
         for i, t in enumerate(targets):
             keep = dec["pred_confs"][i, :, 0] > threshold
             pred = {"j2ds": dec["pred_j2ds"][i, keep], "j3ds": dec["pred_j3ds"][i, keep], "verts": dec["pred_verts"][i, keep]}

@@ -237,12 +237,26 @@ class HMRDataset(torch.utils.data.Dataset):
         self.builder = SampleBuilder(bodies, cfg)
         self._rng: np.random.Generator | None = None
         self._rng_key: int | None = None
+        self._epoch_seed: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.reader)
 
-    def rng(self) -> np.random.Generator:
-        """Per-process generator: DataLoader workers get distinct streams (seeded from torch's worker seed)."""
+    def set_epoch(self, seed: int, epoch: int, offset: int = 0) -> None:
+        """Draw each sample of this epoch from its own generator seeded by (seed, epoch, offset + index).
+
+        A sample then no longer depends on which process or DataLoader worker builds it, nor on what
+        was drawn before it, so a resumed run repeats the steps an uninterrupted one takes. ``offset``
+        is the dataset's position in a concatenation (see :func:`seed_epoch`), so indices stay global.
+        """
+        self._epoch_seed = (seed, epoch, offset)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The sample's generator (see :meth:`set_epoch`); without one, a per-process stream
+        (DataLoader workers get distinct streams, seeded from torch's worker seed)."""
+        if self._epoch_seed is not None:
+            seed, epoch, offset = self._epoch_seed
+            return np.random.default_rng([seed, epoch, offset + index])
         info = torch.utils.data.get_worker_info()
         key = -1 if info is None else int(info.seed)
         if self._rng is None or self._rng_key != key:
@@ -255,7 +269,7 @@ class HMRDataset(torch.utils.data.Dataset):
             out = self.builder.build(self.reader[index], AugParams(), None, train=False)
             assert out is not None
             return out
-        rng = self.rng()
+        rng = self.rng(index)
         for offset in range(len(self)):
             record = self.reader[(index + offset) % len(self)]
             image = self.builder.load_image(record)
@@ -267,6 +281,18 @@ class HMRDataset(torch.utils.data.Dataset):
                 if out is not None:
                     return out
         raise SathmrError("no training image in this dataset has a person in view")
+
+
+def seed_epoch(dataset: torch.utils.data.Dataset, seed: int, epoch: int, offset: int = 0) -> None:
+    """:meth:`HMRDataset.set_epoch` on every dataset inside ``dataset`` (through ``ConcatDataset``), each
+    with its global index offset, so that seeding reaches them all however the sets are combined."""
+    if isinstance(dataset, HMRDataset):
+        dataset.set_epoch(seed, epoch, offset)
+    elif isinstance(dataset, torch.utils.data.ConcatDataset):
+        for child, start in zip(dataset.datasets, [0, *dataset.cumulative_sizes[:-1]]):
+            seed_epoch(child, seed, epoch, offset + start)
+    else:
+        raise TypeError(f"cannot seed a {type(dataset).__name__} per epoch: expected HMRDataset or ConcatDataset")
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

@@ -1,0 +1,218 @@
+"""The interleaved runner: every backend in its own process, the same inputs, pass by pass.
+
+Honesty rules, because a benchmark that flatters is worse than none:
+  * every backend runs the same prepared inputs, **interleaved** (pass i runs every backend before pass
+    i+1, starting with a different backend each pass) so machine drift and thermal state hit all alike;
+  * warm-up passes are excluded; threads are pinned (PyTorch and ONNX Runtime intra-op) and reported;
+  * stages are timed around the shared batch runner (``Predictor.run_batch``) with CUDA events on GPU;
+  * each backend's memory is its own process's high-water mark;
+  * without a checkpoint the weights are random (heads spread so the token set is a realistic mix) and
+    the body model is synthetic: the output says so, and the numbers are about speed only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from sathmr.bench.measure import latency_stats, machine_info
+from sathmr.bench.scaling import run_scaling
+from sathmr.bench.setup import Setup, load_images, make_setup, synthetic_images
+from sathmr.bench.worker import WorkerSpec, serve
+from sathmr.errors import SathmrError
+from sathmr.export.onnx import export_network
+from sathmr.export.trt import build_engine
+
+STAGES = ("preprocess", "network", "postprocess", "end_to_end")
+Log = Callable[[str], None]
+
+
+class Worker:
+    """The parent's handle on one backend process."""
+
+    def __init__(self, spec: WorkerSpec):
+        ctx = multiprocessing.get_context("spawn")     # a fresh interpreter: no memory shared with the parent
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve, args=(child, spec), daemon=True)
+        self.process.start()
+        child.close()
+        self.spec = spec
+
+    def receive(self, expect: str):
+        try:
+            kind, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the {self.spec.backend} benchmark process died "
+                               f"(exit code {self.process.join(5) or self.process.exitcode})") from None
+        if kind == "error":
+            raise SathmrError(f"{self.spec.backend}: {payload}")
+        if kind == "crash":
+            raise RuntimeError(f"the {self.spec.backend} benchmark process failed:\n{payload}")
+        assert kind == expect, (kind, expect)
+        return payload
+
+    def call(self, cmd: str, expect: str):
+        self.conn.send(cmd)
+        return self.receive(expect)
+
+    def close(self) -> None:
+        try:
+            self.conn.send("quit")
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def trt_unavailable(device: str) -> str | None:
+    """Why the trt backend cannot run here (None when it can)."""
+    if not device.startswith("cuda"):
+        return "TensorRT needs --device cuda"
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA device"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'sathmr[gpu]')"
+    return None
+
+
+def exported_files(names: Sequence[str], setup: Setup, workdir: Path, model_path, engine_path, batch: int,
+                   device: str, log: Log) -> tuple[dict[str, Path], dict[str, str]]:
+    """The file each exported backend runs (given, or exported once with `sathmr export`'s own code)."""
+    files, skipped = {}, {}
+    need_trt = "trt" in names and engine_path is None and (why := trt_unavailable(device)) is None
+    if "trt" in names and engine_path is None and why:
+        skipped["trt"] = why
+        log(f"skipping trt: {why}")
+    onnx = Path(model_path) if model_path else None
+    if onnx is None and ("ort" in names or need_trt):
+        log(f"exporting the network to ONNX ({workdir / 'bench.onnx'}) ...")
+        t0 = time.perf_counter()
+        onnx, _ = export_network(setup.network(), setup.body(), workdir / "bench.onnx", batch=batch,
+                                 checkpoint=setup.checkpoint)
+        log(f"  exported in {time.perf_counter() - t0:.1f} s")
+    if "ort" in names:
+        files["ort"] = onnx
+    if "trt" in names and "trt" not in skipped:
+        if engine_path is None:
+            log(f"building a TensorRT engine from {onnx} ...")
+            engine_path = build_engine(onnx, workdir / "bench.engine")
+        files["trt"] = Path(engine_path)
+    return files, skipped
+
+
+def collect(samples: list[dict], into: dict) -> None:
+    for s in samples:
+        for k, v in s["times"].items():
+            into["times"][k].append(v)
+        for im in s["images"]:
+            into["tokens"][im.pop("name")] = im
+
+
+def run_passes(workers: list[Worker], iters: int, warmup: int, log: Log) -> dict[str, dict]:
+    acc = {w.spec.backend: {"times": {s: [] for s in STAGES}, "tokens": {}} for w in workers}
+    n = len(workers)
+    for it in range(warmup + iters):
+        measured = it >= warmup
+        t0 = time.perf_counter()
+        for w in workers[it % n:] + workers[:it % n]:       # a different backend goes first each pass
+            samples = w.call("pass", "samples")
+            if measured:
+                collect(samples, acc[w.spec.backend])
+        log(f"  pass {it + 1}/{warmup + iters}{' (warm-up)' if not measured else ''}: {time.perf_counter() - t0:.1f} s")
+    return acc
+
+
+def summarise(acc: dict, ready: dict, stats: dict, batch: int) -> dict:
+    levels = ("level0", "level1", "level2")
+    out = {}
+    for name, a in acc.items():
+        per_image = a["tokens"]
+        out[name] = {
+            "stages": {s: latency_stats(a["times"][s], batch) for s in STAGES},
+            "peak_rss_mb": stats[name]["peak_rss_mb"],
+            "baseline_rss_mb": ready[name]["baseline_rss_mb"],
+            "loaded_rss_mb": ready[name]["loaded_rss_mb"],
+            "rss_method": "VmHWM of the backend's own process (baseline: the process before loading it)",
+            "cuda_max_memory_allocated_mb": stats[name]["cuda_max_memory_allocated_mb"],
+            "tokens": {"mean": {k: float(np.mean([t[k] for t in per_image.values()])) for k in levels},
+                       "per_image": per_image, "static_sequence": ready[name]["static_sequence"]},
+            "info": ready[name]["info"],
+            "params": ready[name]["params"],
+        }
+    ref = out.get("torch")
+    for res in out.values():
+        res["speedup_vs_torch"] = (ref["stages"]["end_to_end"]["p50_ms"] / res["stages"]["end_to_end"]["p50_ms"]
+                                   if ref else None)
+        res["network_speedup_vs_torch"] = (ref["stages"]["network"]["p50_ms"] / res["stages"]["network"]["p50_ms"]
+                                           if ref else None)
+    return out
+
+
+def run_backends(specs: list[WorkerSpec], iters: int, warmup: int, log: Log) -> dict[str, dict]:
+    workers = [Worker(s) for s in specs]
+    try:
+        ready = {w.spec.backend: w.receive("ready") for w in workers}
+        log(f"running {', '.join(ready)}: {warmup} warm-up + {iters} passes over {len(specs[0].images)} image(s), "
+            f"batch {specs[0].batch}, {specs[0].threads} threads, one process per backend")
+        acc = run_passes(workers, iters, warmup, log)
+        stats = {w.spec.backend: w.call("stats", "stats") for w in workers}
+    finally:
+        for w in workers:
+            w.close()
+    return summarise(acc, ready, stats, specs[0].batch)
+
+
+def bench(backend_names: Sequence[str], config: str | None = None, images=None, checkpoint=None, smpl_dir=None,
+          model_path=None, engine_path=None, batch: int = 1, iters: int = 5, warmup: int = 1, threads: int | None = None,
+          device: str = "cpu", scaling: bool = False, scaling_iters: int = 3, scaling_max_s: float = 10.0,
+          threshold: float = 0.3, command: str = "sathmr bench", log: Log = lambda s: None) -> dict:
+    """Everything `sathmr bench` does, as a dict (what --json writes)."""
+    threads = threads or torch.get_num_threads()
+    if threads < 1 or iters < 1 or warmup < 0 or batch < 1 or scaling_iters < 1:
+        raise SathmrError("--threads, --iters, --batch and --scaling-iters must be >= 1, --warmup >= 0")
+    torch.set_num_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SathmrError(f"--device {device} requested but PyTorch sees no CUDA device")
+    setup = make_setup(config, checkpoint, smpl_dir)
+    note = setup.note(smpl_dir is not None)
+    log(note)
+    inputs = load_images(images) if images else synthetic_images()
+    result: dict = {
+        "machine": machine_info(threads, device),
+        "settings": {"backends": list(backend_names), "config": setup.config, "batch": batch, "iters": iters,
+                     "warmup": warmup, "threads": threads, "device": device, "threshold": threshold, "command": command,
+                     "speedup_basis": "torch p50 / backend p50 (end to end, and network alone)"},
+        "model": {"config": setup.config, "random_weights": setup.random_weights, "checkpoint": setup.checkpoint,
+                  "smpl_dir": str(setup.smpl_dir), "note": note},
+        "inputs": {"source": str(images) if images else "synthetic", "names": [n for n, _ in inputs],
+                   "sizes_hw": [list(img.shape[:2]) for _, img in inputs]},
+        "backends": {}, "skipped": {},
+    }
+    network = None
+    with tempfile.TemporaryDirectory(prefix="sathmr-bench-") as tmp:
+        files, result["skipped"] = exported_files(backend_names, setup, Path(tmp), model_path, engine_path, batch,
+                                                  device, log)
+        specs = [WorkerSpec(name, setup, inputs, batch, threads, device, threshold, files.get(name),
+                            {"threads": threads} if name == "ort" else {})
+                 for name in backend_names if name not in result["skipped"]]
+        if specs:
+            result["backends"] = run_backends(specs, iters, warmup, log)
+    if scaling:
+        log("scaling sweep (network only, PyTorch dynamic):")
+        network = setup.network().to(device)
+        result["scaling"] = run_scaling(network, device, scaling_iters, scaling_max_s, log=log)
+    counted = [r["params"] for r in result["backends"].values() if r["params"]]
+    result["model"]["params"] = (sum(p.numel() for p in network.parameters()) if network is not None
+                                 else counted[0] if counted else setup.param_count())
+    if hasattr(os, "getloadavg"):
+        result["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return result

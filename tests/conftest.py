@@ -1,0 +1,40 @@
+"""Shared fixtures: the real test photos (skipped with the reason when absent) and synthetic body models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sathmr.body import load_body_model
+from sathmr.weights import synthetic_smpl_dir
+
+REPO = Path(__file__).resolve().parents[1]
+#: the project's real photos live in ``shared/`` beside the checkout (override: SATHMR_TEST_IMAGES)
+IMAGES_DIR = Path(os.environ.get("SATHMR_TEST_IMAGES", REPO.parent / "shared" / "data" / "images"))
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def real_image_paths() -> list[Path]:
+    return sorted(p for p in IMAGES_DIR.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if IMAGES_DIR.is_dir() else []
+
+
+@pytest.fixture(scope="session")
+def real_images() -> list[Path]:
+    """The two real photos (sathmr_demo_img1.jpeg, sathmr_demo_img2.jpg)."""
+    paths = real_image_paths()
+    if not paths:
+        pytest.skip(f"real test images not found in {IMAGES_DIR} (set SATHMR_TEST_IMAGES)")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def smpl_tiny() -> Path:
+    """The tiny synthetic SMPL-format body model (generated once into the cache)."""
+    return synthetic_smpl_dir("tiny")
+
+
+@pytest.fixture(scope="session")
+def body_tiny(smpl_tiny):
+    return load_body_model(smpl_tiny)
