@@ -13,10 +13,12 @@ from tqdm import tqdm
 from sathmr.api import Predictor, load_predictor
 from sathmr.backends import BACKENDS
 from sathmr.errors import SathmrError
-from sathmr.io import InputItem, iter_inputs, write_json, write_meshes, write_npz, write_png
+from sathmr.io import InputItem, iter_inputs, write_json, write_npz, write_png
+from sathmr.meshes import write_meshes
 from sathmr.postprocess import ImageResult
 from sathmr.preprocess import Prepared
-from sathmr.render import overlay_mosaic, person_colors
+from sathmr.render import overlay_mosaic
+from sathmr.smpl_params import write_smpl_params
 
 
 @dataclass
@@ -26,6 +28,7 @@ class OutputPlan:
     overlay: bool = True
     mesh: str | None = None        # "obj" | "glb"
     raw: bool = False
+    smpl: bool = False             # <name>_smpl.npz in the smplx convention
 
     def tdir(self, t: float) -> Path:
         return self.root / f"thresh_{t:g}"
@@ -35,6 +38,7 @@ class OutputPlan:
         for t in self.thresholds:
             out += [self.tdir(t) / f"{name}.png"] if self.overlay else []
             out += [self.tdir(t) / f"{name}.{self.mesh}"] if self.mesh else []
+            out += [self.tdir(t) / f"{name}_smpl.npz"] if self.smpl else []
             out.append(self.tdir(t) / f"{name}.json")   # written last: its presence marks completion
         return out
 
@@ -51,7 +55,6 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
     for t in plan.thresholds:
         people = res.people[t]
         verts = [p.vertices for p in people]
-        colors = person_colors(len(people))
         if plan.overlay:
             boxes = np.array([p.box for p in people], dtype=np.float32).reshape(-1, 4) * res.scale
             img = overlay_mosaic(
@@ -60,7 +63,11 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
                 res.scale_map, cfg.conf_thresh, res.tok_yx, res.tok_lvl, cfg.patch_size)
             write_png(plan.tdir(t) / f"{res.name}.png", img)
         if plan.mesh:
-            write_meshes(plan.tdir(t) / f"{res.name}.{plan.mesh}", verts, faces, colors[:, ::-1])
+            write_meshes(plan.tdir(t) / f"{res.name}.{plan.mesh}", verts, faces, res.intrinsics, res.img_hw,
+                         [p.score for p in people])
+        if plan.smpl:
+            write_smpl_params(plan.tdir(t) / f"{res.name}_smpl.npz", people, res.intrinsics, res.orig_hw,
+                              res.img_hw, res.scale)
         write_json(plan.tdir(t) / f"{res.name}.json", {
             "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),
             "resize_rate": res.scale, "threshold": t, "backend": predictor.backend.name,
@@ -141,18 +148,20 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 @click.option("--batch-size", "-b", type=int, default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--save-mesh", type=click.Choice(["obj", "glb"]), is_flag=False, flag_value="obj", default=None, help="Write meshes per image (default format obj).")
+@click.option("--save-smpl", is_flag=True, help="Write <name>_smpl.npz per image and threshold: SMPL parameters smplx loads as they are.")
 @click.option("--save-raw", is_flag=True, help="Write every query's raw outputs and the exact network input (.npz).")
 @click.option("--no-overlay", is_flag=True, help="Skip the overlay PNGs.")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
 def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
-                  save_mesh, save_raw, no_overlay, overwrite):
+                  save_mesh, save_smpl, save_raw, no_overlay, overwrite):
     """Detect people and estimate their SMPL meshes."""
     if batch_size < 1:
         raise SathmrError("--batch-size must be >= 1")
     predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config, device=device,
                                      thresholds=thresholds, model_path=model_path)
     click.echo(info.get("note") or f"model: {info.get('path')}", err=True)
-    plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw)
+    plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw,
+                      smpl=save_smpl)
     t0 = time.perf_counter()
     summary = run_infer(predictor, inputs, plan, batch_size, overwrite)
     click.echo(summary.report(time.perf_counter() - t0))

@@ -94,28 +94,3 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write(path, buf.getvalue())
-
-
-def write_meshes(path: Path, verts: list[np.ndarray], faces: np.ndarray, colors_rgb: np.ndarray | None = None) -> None:
-    """All people of one image in one file: ``.obj`` (one object per person) or ``.glb``."""
-    import trimesh
-
-    scene = trimesh.Scene()
-    for i, v in enumerate(verts):
-        mesh = trimesh.Trimesh(vertices=v, faces=faces, process=False)
-        if colors_rgb is not None:
-            mesh.visual.face_colors = np.append(colors_rgb[i], 255)
-        scene.add_geometry(mesh, node_name=f"person_{i}", geom_name=f"person_{i}")
-    fmt = path.suffix[1:]
-    data = scene.export(file_type=fmt) if verts else _empty_mesh_file(fmt)
-    atomic_write(path, data if isinstance(data, bytes) else data.encode())
-
-
-def _empty_mesh_file(fmt: str) -> bytes:
-    """A valid file with no geometry (trimesh refuses to export empty scenes)."""
-    if fmt == "obj":
-        return b"# no people detected\n"
-    body = json.dumps({"asset": {"version": "2.0", "generator": "sathmr"}}).encode()
-    body += b" " * (-len(body) % 4)
-    return (b"glTF" + (2).to_bytes(4, "little") + (12 + 8 + len(body)).to_bytes(4, "little")
-            + len(body).to_bytes(4, "little") + b"JSON" + body)
