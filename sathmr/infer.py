@@ -13,10 +13,10 @@ from tqdm import tqdm
 from sathmr.api import Predictor, load_predictor
 from sathmr.backends import BACKENDS
 from sathmr.errors import SathmrError
-from sathmr.io import InputItem, iter_inputs, write_json, write_npz, write_png
+from sathmr.io import InputItem, ensure_writable, iter_inputs, write_json, write_npz, write_png
 from sathmr.meshes import write_meshes
 from sathmr.postprocess import ImageResult
-from sathmr.preprocess import Prepared
+from sathmr.preprocess import DEFAULT_MAX_PIXELS, Prepared
 from sathmr.render import overlay_mosaic
 from sathmr.smpl_params import write_smpl_params
 
@@ -44,6 +44,10 @@ class OutputPlan:
 
     def done(self, name: str) -> bool:
         return all(p.is_file() for p in self.files(name))
+
+    def written_dirs(self) -> list[Path]:
+        """The folders this plan (or an earlier run with other thresholds) writes: never read as input."""
+        return sorted({*self.root.glob("thresh_*"), *(self.tdir(t) for t in self.thresholds), self.root / "raw"})
 
 
 def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Predictor) -> None:
@@ -101,7 +105,8 @@ class Summary:
 
 
 def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_size: int = 1,
-              overwrite: bool = False, progress: bool = True) -> Summary:
+              overwrite: bool = False, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Summary:
+    """Every input through the predictor; a bad input is reported, listed in the summary and skipped."""
     summary = Summary(people={t: 0 for t in plan.thresholds})
     pending: list[tuple[InputItem, Prepared]] = []
 
@@ -118,16 +123,24 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
                 summary.people[t] += len(res.people[t])
         pending.clear()
 
-    bar = tqdm(iter_inputs(inputs), desc="infer", unit="img", disable=not progress)
+    def fail(item: InputItem, message: str) -> None:
+        summary.failed.append(f"{item.source}: {message}")
+        bar.write(f"skipped {item.source}: {message}")
+
+    # outputs are never read back as input, even when the output folder lies inside the input tree
+    bar = tqdm(iter_inputs(inputs, exclude=plan.written_dirs(), max_pixels=max_pixels), desc="infer", unit="img",
+               disable=not progress)
     for item in bar:
+        if item.error:
+            fail(item, item.error)
+            continue
         if not overwrite and plan.done(item.name):
             summary.skipped += 1
             continue
         try:
             prepared = predictor.prepare(item.load())
         except SathmrError as exc:
-            summary.failed.append(f"{item.source}: {exc}")
-            bar.write(f"skipped {item.source}: {exc}")
+            fail(item, str(exc))
             continue
         pending.append((item, prepared))
         if len(pending) >= batch_size:
@@ -137,7 +150,8 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 
 
 @click.command("infer")
-@click.option("--input", "-i", "inputs", required=True, type=click.Path(), help="Image, folder of images, or video file.")
+@click.option("--input", "-i", "inputs", required=True, help="Image, video, folder (recursive), glob pattern in quotes "
+              "('photos/**/*.jpg') or a .txt/.lst file listing paths, one per line.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
@@ -152,18 +166,21 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 @click.option("--save-raw", is_flag=True, help="Write every query's raw outputs and the exact network input (.npz).")
 @click.option("--no-overlay", is_flag=True, help="Skip the overlay PNGs.")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images with more pixels than this (checked in the file header, before decoding).")
 def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
-                  save_mesh, save_smpl, save_raw, no_overlay, overwrite):
+                  save_mesh, save_smpl, save_raw, no_overlay, overwrite, max_pixels):
     """Detect people and estimate their SMPL meshes."""
     if batch_size < 1:
         raise SathmrError("--batch-size must be >= 1")
+    ensure_writable(Path(output))
     predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config, device=device,
                                      thresholds=thresholds, model_path=model_path)
     click.echo(info.get("note") or f"model: {info.get('path')}", err=True)
     plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw,
                       smpl=save_smpl)
     t0 = time.perf_counter()
-    summary = run_infer(predictor, inputs, plan, batch_size, overwrite)
+    summary = run_infer(predictor, inputs, plan, batch_size, overwrite, max_pixels=max_pixels)
     click.echo(summary.report(time.perf_counter() - t0))
     click.echo(f"outputs in {plan.root}")
     if summary.failed and not summary.processed and not summary.skipped:

@@ -5,6 +5,7 @@ Shared by inference, evaluation and training so that every path sees the same pi
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from sathmr.errors import SathmrError
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 250_000_000    # a 200-megapixel phone photo passes; decoding it takes ~0.6 GB
+JPEG_SOI = b"\xff\xd8"
 
 
 @dataclass
@@ -29,28 +32,101 @@ class Prepared:
     resized_bgr: np.ndarray     # h x w x 3 uint8, for overlays
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as BGR uint8 (OpenCV, EXIF orientation applied), or raise a one-line error."""
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image as BGR uint8 like the original's ``cv2.imread`` (EXIF orientation applied; 16-bit
+    scaled to 8, grey expanded, alpha dropped, CMYK converted), or raise a one-line error.
+
+    The size is read from the header first, so an image over ``max_pixels`` is refused before any
+    pixel is decoded; a JPEG cut short (which OpenCV 4 fills with grey) is refused too.
+    """
     path = Path(path)
     if not path.is_file():
         raise SathmrError(f"image not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SathmrError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise SathmrError(f"empty file (0 bytes): {path}")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise SathmrError(f"image of {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over the limit of "
+                          f"{max_pixels:,} (--max-pixels): {path}")
+    if data[:2] == JPEG_SOI and not jpeg_is_complete(data):
+        raise SathmrError(f"truncated JPEG (the file ends before its image data does): {path}")
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise SathmrError(f"cannot decode image: {path}")
+        raise SathmrError(f"cannot decode image (not an image, corrupt or unsupported): {path}")
     return img
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding pixels (PIL's lazy open); None when PIL
+    cannot tell (OpenCV then decides whether the file is an image)."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None       # our own limit applies, with a message that names it
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (OSError, ValueError, EOFError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether the JPEG's marker chain reaches its end-of-image marker.
+
+    Walks the segments (skipping each by its length, so thumbnails inside EXIF do not count) and jumps
+    over the entropy-coded data after every start-of-scan to the next marker that can end it; bytes
+    after the end marker (e.g. the video of a motion photo) are ignored. A file cut anywhere never
+    reaches the end marker.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ff = np.flatnonzero(buf[:-1] == 0xFF)
+    nxt = buf[ff + 1]
+    # inside scan data, FF00 is a stuffed byte, FFD0-FFD7 a restart and FFFF fill: none ends the scan
+    scan_ends = ff[(nxt != 0x00) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
+    n, pos = len(data), 2
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:   # fill byte, restart, TEM
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if pos + 3 >= n:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            k = int(np.searchsorted(scan_ends, pos))
+            if k == len(scan_ends):
+                return False
+            pos = int(scan_ends[k])
+    return False
+
+
+def resize_rate(hw: tuple[int, int], size: int) -> tuple[float, tuple[int, int]]:
+    """The original's resize arithmetic: rate r and resized (h, w), long side ``size``.
+
+    The original holds (H0, W0) in an int64 tensor: ``size / long`` is torch's ``__rtruediv__``, i.e.
+    ``reciprocal(long) * size`` in float32 (two roundings), and ``r * short`` is a float32 product that
+    ``int`` truncates. Python float64 differs for many sizes: 4032x3024 gives 965 rows, not 966.
+    """
+    h0, w0 = hw
+    long_side, short_side = (w0, h0) if w0 >= h0 else (h0, w0)
+    r = (np.float32(1.0) / np.float32(long_side)) * np.float32(size)
+    short_new = max(int(r * np.float32(short_side)), 1)      # the original would fail on 0; we keep 1 px
+    return float(r), ((short_new, size) if w0 >= h0 else (size, short_new))
+
+
 def resize_long_side(img_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """Resize so the long side is ``size``; the short side is truncated with ``int`` as the original."""
-    h0, w0 = img_bgr.shape[:2]
-    if w0 >= h0:
-        r = size / w0
-        new_w, new_h = size, int(r * h0)
-    else:
-        r = size / h0
-        new_w, new_h = int(r * w0), size
-    new_h, new_w = max(new_h, 1), max(new_w, 1)
+    """Resize (OpenCV bilinear) so the long side is ``size``; returns the image and the float32 rate r."""
+    r, (new_h, new_w) = resize_rate(img_bgr.shape[:2], size)
     return cv2.resize(img_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR), r
 
 

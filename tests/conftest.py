@@ -38,3 +38,12 @@ def smpl_tiny() -> Path:
 @pytest.fixture(scope="session")
 def body_tiny(smpl_tiny):
     return load_body_model(smpl_tiny)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """Every command falls back to the embedded default and its synthetic body model (made once per module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SATHMR_WEIGHTS", str(tmp_path_factory.mktemp("no_weights")))
+        mp.setenv("SATHMR_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield

@@ -19,8 +19,11 @@ from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_model
 from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
+from sathmr.train.data.readers import check_split
 from sathmr.train.engine import TrainConfig, evaluate, train
 from sathmr.weights import resolve
+
+PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
 
 def parse_sets(specs: tuple[str, ...], default: str) -> list[tuple[str, str]]:
@@ -112,7 +115,8 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported model for --backend ort.")
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
-@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--threshold", type=float, default=None,
+              help="Detection threshold; default: the protocol's official one (AGORA/BEDLAM 0.5, 3DPW 0.3).")
 @click.option("--protocol", type=click.Choice(["agora", "3dpw"]), default=None, help="Default: 3dpw for 3dpw data, else agora.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
@@ -122,6 +126,7 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
                  batch_size, limit, device, json_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...)."""
     (name, split), = parse_sets((dataset,), dataset)
+    check_split(data_root, name, split)     # before any model is loaded
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
     res = resolve(checkpoint, smpl_dir or (beside if beside.is_dir() and checkpoint is None else None))
     if backend != "ort":
@@ -134,6 +139,10 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
     be.check_body_model(body)
     ds = open_sets(data_root, [(name, split)], bodies, be.cfg, train=False)
     protocol = protocol or ("3dpw" if name == "3dpw" else "agora")
+    note = ""
+    if threshold is None:
+        threshold = PROTOCOL_THRESHOLDS[protocol]
+        note = f" (the {protocol} protocol's; sathmr demo/infer default to 0.3)" if threshold != 0.3 else ""
     kw = {}
     if protocol == "3dpw":
         kw["h36m_regressor"] = smpl / "J_regressor_h36m_correct.npy"
@@ -142,7 +151,7 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
     metrics = evaluate(Predictor(be, body, (threshold,)), ds, threshold, protocol, batch_size, limit=limit,
                        progress=True, **kw)
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    click.echo(f"{name}:{split}  threshold {threshold}  protocol {protocol}  images {limit or len(ds)}")
+    click.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}")
     click.echo(metrics_table(metrics))
     if json_path:
         write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol, **metrics})

@@ -20,12 +20,17 @@ def data() -> None:
 @click.option("--smpl-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="SMPL folder; default: a synthetic one generated in OUT/smpl")
 @click.option("--size", default=448, show_default=True, type=click.IntRange(min=56), help="long image side")
-@click.option("--split", type=click.Choice(["train", "val"]),
-              default="train", show_default=True, help="train → bedlam train_6fps, val → validation_6fps")
+@click.option("--split", type=click.Choice(["both", "train", "val"]), default="both", show_default=True,
+              help="train → bedlam train_6fps, val → validation_6fps; both: N training scenes plus N/10 "
+                   "held-out validation scenes (what `sathmr train` and `sathmr eval` read by default)")
 @click.option("--max-people", default=6, show_default=True, type=click.IntRange(min=1))
 def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int) -> None:
     """Render N scenes of posed mannequins with exact SMPL ground truth."""
     from sathmr.train.data.synthetic import SPLITS, generate_dataset
 
-    annot = generate_dataset(out, n, seed=seed, smpl_dir=smpl_dir, size=size, split=split, max_people=max_people)
-    click.echo(f"wrote {n} scenes; annotations {annot}; read with dataset 'bedlam', split '{SPLITS[split]}'")
+    # "both": validation scenes continue the training scenes' numbering, so the two never share a scene
+    plan = [("train", n, 0), ("val", max(1, n // 10), n)] if split == "both" else [(split, n, 0)]
+    for part, count, first in plan:
+        annot = generate_dataset(out, count, seed=seed, smpl_dir=smpl_dir, size=size, split=part,
+                                 max_people=max_people, first=first)
+        click.echo(f"wrote {count} scenes; annotations {annot}; read with --dataset bedlam:{SPLITS[part]}")

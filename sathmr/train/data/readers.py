@@ -229,11 +229,8 @@ class DatasetReader:
     """Random access to the images of one dataset split, parsed lazily into :class:`ImageRecord`."""
 
     def __init__(self, root: str | Path, name: str, split: str) -> None:
-        if name not in LAYOUTS:
-            raise SathmrError(f"unknown dataset {name!r}; choose from {', '.join(LAYOUTS)}")
+        check_split(root, name, split)
         layout = LAYOUTS[name]
-        if split not in layout.images:
-            raise SathmrError(f"dataset {name!r} has no split {split!r}; choose from {', '.join(layout.images)}")
         self.name, self.split, self.layout = name, split, layout
         base = Path(root) / layout.folder
         self.image_dir = base / layout.images[split] if layout.images[split] else base
@@ -269,6 +266,31 @@ class DatasetReader:
 
     def __iter__(self) -> Iterator[ImageRecord]:
         return (self[i] for i in range(len(self)))
+
+
+def present_splits(root: str | Path, name: str) -> list[str]:
+    """The splits of dataset ``name`` whose annotation file (or, without one, image folder) is on disk."""
+    layout = LAYOUTS[name]
+    base = Path(root) / layout.folder
+    return [s for s, folder in layout.images.items()
+            if ((base / layout.annots[s]).is_file() if s in layout.annots else bool(folder) and (base / folder).is_dir())]
+
+
+def check_split(root: str | Path, name: str, split: str) -> None:
+    """Raise one line when the dataset or split is unknown, or its annotation file is not on disk
+    (saying which splits are there and how to choose one)."""
+    if name not in LAYOUTS:
+        raise SathmrError(f"unknown dataset {name!r}; choose from {', '.join(LAYOUTS)}")
+    layout = LAYOUTS[name]
+    if split not in layout.images:
+        raise SathmrError(f"dataset {name!r} has no split {split!r}; choose from {', '.join(layout.images)}")
+    if split not in layout.annots or (Path(root) / layout.folder / layout.annots[split]).is_file():
+        return
+    what = f"no {name} split {split!r} in {Path(root)} ({Path(root) / layout.folder / layout.annots[split]} not found)"
+    present = present_splits(root, name)
+    if present:
+        raise SathmrError(f"{what}; present: {', '.join(present)} — choose one with --dataset {name}:{present[0]}")
+    raise SathmrError(f"{what}, nor any other {name} split ({', '.join(layout.annots)}); is --data the dataset root?")
 
 
 def open_dataset(root: str | Path, name: str, split: str) -> DatasetReader:

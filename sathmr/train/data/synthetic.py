@@ -192,8 +192,8 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
 
 
 def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Path | None = None,
-                     size: int = 448, split: str = "train", max_people: int = 6) -> Path:
-    """Write ``n`` scenes under ``<out>/bedlam/`` for ``open_dataset(out, 'bedlam', SPLITS[split])``.
+                     size: int = 448, split: str = "train", max_people: int = 6, first: int = 0) -> Path:
+    """Write scenes ``first .. first+n-1`` under ``<out>/bedlam/`` for ``open_dataset(out, 'bedlam', SPLITS[split])``.
 
     Without ``smpl_dir`` a synthetic SMPL folder is generated in ``<out>/smpl`` (or reused). Returns
     the annotation file written; an existing one for the same split is replaced.
@@ -214,7 +214,7 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
     image_dir = out / layout.folder / layout.images[bedlam_split]
     image_dir.mkdir(parents=True, exist_ok=True)
     annots: dict[str, dict] = {}
-    for i in range(n):
+    for i in range(first, first + n):
         scene = make_scene(np.random.default_rng([seed, i]), bodies, size, max_people)
         name = f"synth_s{seed}_{i:06d}.png"
         if not cv2.imwrite(str(image_dir / name), scene.image):
