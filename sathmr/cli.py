@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import traceback
@@ -39,6 +40,12 @@ class Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show the traceback of user errors too.")
 def main(debug: bool) -> None:
     """SAT-HMR: real-time multi-person 3D human mesh estimation with scale-adaptive tokens."""
+    logger = logging.getLogger("sathmr")        # progress lines (export stages, ...) go to stderr
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 for command in (assets, infer_command, demo_command, data, train_command, eval_command, export_command,

@@ -155,7 +155,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported model for --backend ort|trt.")
+@click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl).")
 @click.option("--threshold", "-t", "thresholds", type=float, multiple=True, default=(0.3,), show_default=True, help="Detection threshold; repeat for several.")

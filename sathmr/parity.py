@@ -169,7 +169,7 @@ def compare_backends(a: Predictor, b: Predictor, items: list[Prepared], names: l
 @click.command("parity")
 @click.option("--a", "name_a", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--b", "name_b", type=click.Choice(list(BACKENDS)), default="ort", show_default=True)
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported file for an ort/trt side.")
+@click.option("--model", "model_path", type=click.Path(), help="Exported model (folder or file) for an ort/trt side.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights of the torch side (default: weights/ or embedded).")
 @click.option("--config", default=None, help="Model config of an official checkpoint.")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (must match the exported model's).")

@@ -1,9 +1,11 @@
-"""ONNX Runtime backend: runs a graph written by `sathmr export --format onnx`.
+"""ONNX Runtime backend: runs a model written by `sathmr export --format onnx`.
 
-Everything the graph needs (config, canvas, budgets, fixed batch) comes from the file's metadata, so
-the only user inputs are the file and the device. A requested execution provider that ONNX Runtime
-cannot offer is an error, never a silent fall-back to CPU: a "CUDA" benchmark that quietly ran on the
-CPU is worse than no number.
+A two-stage export (a folder) runs as two sessions with the shared token selection between them
+(``TwoStage``); a static export (one file) as one session. Everything the graphs need comes from their
+metadata, so the only user inputs are the path and the device. On CUDA the images and the stage-A
+tensors stay on the GPU between the two graphs (I/O binding); only the small scale map comes to the
+host for the selection. A requested execution provider that ONNX Runtime cannot offer is an error,
+never a silent fall-back to CPU: a "CUDA" benchmark that quietly ran on the CPU is worse than no number.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import numpy as np
 import torch
 
 from sathmr.backends.base import Backend, fixed_batches
+from sathmr.backends.two_stage import TwoStage, selection_feeds
 from sathmr.errors import SathmrError
-from sathmr.export.meta import INPUT_NAMES, ExportMeta, file_sha256, read_meta
+from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, file_sha256, read_artifact
 from sathmr.model.sathmr import NET_OUTPUTS
+from sathmr.model.tokens import Selection
 from sathmr.optional import require
 
 
@@ -36,58 +40,123 @@ def providers_for(device: str, available: list[str]) -> list:
     raise SathmrError(f"--device {device!r}: the ort backend supports cpu, cuda, cuda:N")
 
 
+def session_options(ort, threads: int | None):
+    """Intra-op threads as asked (default: ORT's, one per core), one inter-op thread (the graphs are a
+    chain of large ops: parallel branches buy nothing), every graph optimisation ORT has."""
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+def open_session(ort, path: Path, opts, providers: list, device: str):
+    errors = ort.capi.onnxruntime_pybind11_state
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=providers)
+    except (errors.InvalidProtobuf, errors.InvalidGraph, errors.NoSuchFile) as exc:   # a bad file: the user's
+        raise SathmrError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+    used = session.get_providers()
+    if providers[0] != "CPUExecutionProvider" and "CUDAExecutionProvider" not in used:
+        raise SathmrError(f"--device {device}: ONNX Runtime could not start CUDA for {path} (providers: {used})")
+    return session
+
+
 class OrtBackend(Backend):
     name = "ort"
 
-    def __init__(self, session, meta: ExportMeta, info: dict):
-        self.session = session
-        self.meta = meta
-        self.cfg = meta.cfg
-        self.canvas_hw = meta.canvas_hw
-        self.fixed_batch = meta.batch
+    def __init__(self, sessions: dict, artifact: Artifact, device: str, info: dict):
+        self.ort = require("onnxruntime")
+        self.sessions, self.artifact, self.meta = sessions, artifact, artifact.meta
+        self.cfg = self.meta.cfg
+        self.canvas_hw = self.meta.canvas_hw
+        self.fixed_batch = self.meta.batch
         self.info = info
+        self.cuda = device.startswith("cuda")
+        self.device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+        if self.meta.layout == "two-stage":
+            stages = (self._scale_map_cuda, self._tokens_cuda) if self.cuda else (self._scale_map_cpu, self._tokens_cpu)
+            self.two_stage = TwoStage(self.cfg, *stages)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
                   config: str | None = None, checkpoint: str | Path | None = None) -> "OrtBackend":
         """Open ``path``; ``config``/``checkpoint``, when given, must be the ones it was exported from."""
         ort = require("onnxruntime")
-        path = Path(path)
-        meta = read_meta(path)
-        meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
+        art = read_artifact(path)
+        art.meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
         providers = providers_for(device, ort.get_available_providers())
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        errors = ort.capi.onnxruntime_pybind11_state
-        try:
-            session = ort.InferenceSession(str(path), opts, providers=providers)
-        except (errors.InvalidProtobuf, errors.InvalidGraph, errors.NoSuchFile) as exc:   # a bad file: the user's
-            raise SathmrError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
-        used = session.get_providers()
-        if providers[0] != "CPUExecutionProvider" and "CUDAExecutionProvider" not in used:
-            raise SathmrError(f"--device {device}: ONNX Runtime could not start CUDA for {path} (providers: {used})")
-        names = [i.name for i in session.get_inputs()]
-        if tuple(names) != INPUT_NAMES:
-            raise SathmrError(f"{path}: graph inputs {names} are not {list(INPUT_NAMES)}; re-export it")
+        opts = session_options(ort, threads)
+        sessions = {g: open_session(ort, f, opts, providers, device) for g, f in art.files.items()}
+        for g, s in sessions.items():
+            names = tuple(i.name for i in s.get_inputs())
+            if names != GRAPHS[g][0]:
+                raise SathmrError(f"{art.files[g]}: graph inputs {list(names)} are not {list(GRAPHS[g][0])}; re-export it")
+        used = next(iter(sessions.values())).get_providers()
+        meta = art.meta
         info = {"path": str(path), "device": device, "providers": ",".join(used), "config": meta.cfg.name,
-                "budget_sat": meta.budget.sat_cells, "budget_context": meta.budget.context,
-                "canvas": f"{meta.canvas_hw[0]}x{meta.canvas_hw[1]}", "batch": meta.batch or "dynamic",
-                "fp16": meta.fp16, "note": f"model: {path} (ONNX Runtime, {used[0]})"}
-        return cls(session, meta, info)
+                "layout": meta.layout, "precision": meta.precision, "batch": meta.batch or "dynamic",
+                "note": f"model: {path} (ONNX Runtime, {used[0]}, {meta.layout}, {meta.precision})"}
+        if meta.layout == "static":
+            info.update(budget_sat=meta.budget.sat_cells, budget_context=meta.budget.context,
+                        canvas=f"{meta.canvas_hw[0]}x{meta.canvas_hw[1]}")
+        return cls(sessions, art, device, info)
 
     def check_body_model(self, body_model) -> None:
         self.meta.check(body_fingerprint=getattr(body_model, "fingerprint", None), source=self.info["path"])
 
+    # ----------------------------------------------------------------------------------------------
     def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
+        images, img_hw = images.detach().cpu().float().contiguous(), img_hw.detach().cpu().to(torch.int64)
+        if self.meta.layout == "two-stage":
+            return self.two_stage.run(images, img_hw)
+        return self._run_static(images, img_hw)
+
+    def _run_static(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
         if tuple(images.shape[2:]) != tuple(self.canvas_hw):
             raise SathmrError(f"the graph takes {self.canvas_hw[0]}x{self.canvas_hw[1]} inputs, got "
                               f"{images.shape[2]}x{images.shape[3]} (collate to backend.canvas_hw)")
         parts = []
-        for xb, hb, m in fixed_batches(images.detach().cpu().float(), img_hw.detach().cpu().to(torch.int64),
-                                        self.fixed_batch):
-            outs = self.session.run(list(NET_OUTPUTS), {"images": np.ascontiguousarray(xb.numpy()),
-                                                        "img_hw": hb.numpy()})
+        for xb, hb, m in fixed_batches(images, img_hw, self.fixed_batch):
+            outs = self.sessions["static"].run(list(NET_OUTPUTS), {"images": xb.numpy(), "img_hw": hb.numpy()})
             parts.append([torch.from_numpy(o[:m]) for o in outs])
         return {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(NET_OUTPUTS)}
+
+    # two-stage on the CPU: numpy arrays between the graphs
+    def _scale_map_cpu(self, images: torch.Tensor, img_hw: torch.Tensor):
+        scale_map, t1, cls = self.sessions["scale_map"].run(None, {"images": images.numpy(), "img_hw": img_hw.numpy()})
+        return torch.from_numpy(scale_map), (t1, cls)
+
+    def _tokens_cpu(self, images: torch.Tensor, stage_a, sel: Selection) -> dict[str, torch.Tensor]:
+        t1, cls = stage_a
+        feeds = {"images": images.numpy(), "t1": t1, "cls": cls, **{k: v.numpy() for k, v in selection_feeds(sel).items()}}
+        return dict(zip(QUERY_OUTPUTS, map(torch.from_numpy, self.sessions["tokens"].run(list(QUERY_OUTPUTS), feeds))))
+
+    # two-stage on CUDA: images uploaded once, stage-A tensors bound on the device between the graphs
+    def _scale_map_cuda(self, images: torch.Tensor, img_hw: torch.Tensor):
+        ort, dev = self.ort, self.device_id
+        x = ort.OrtValue.ortvalue_from_numpy(images.numpy(), "cuda", dev)
+        b = self.sessions["scale_map"].io_binding()
+        b.bind_ortvalue_input("images", x)
+        b.bind_cpu_input("img_hw", img_hw.numpy())
+        b.bind_output("scale_map", "cpu")
+        b.bind_output("t1", "cuda", dev)
+        b.bind_output("cls", "cuda", dev)
+        self.sessions["scale_map"].run_with_iobinding(b)
+        scale_map, t1, cls = b.get_outputs()
+        return torch.from_numpy(np.array(scale_map.numpy())), (x, t1, cls)
+
+    def _tokens_cuda(self, images: torch.Tensor, stage_a, sel: Selection) -> dict[str, torch.Tensor]:
+        x, t1, cls = stage_a
+        b = self.sessions["tokens"].io_binding()
+        b.bind_ortvalue_input("images", x)
+        b.bind_ortvalue_input("t1", t1)
+        b.bind_ortvalue_input("cls", cls)
+        for k, v in selection_feeds(sel).items():
+            b.bind_cpu_input(k, np.ascontiguousarray(v.numpy()))
+        for k in QUERY_OUTPUTS:
+            b.bind_output(k, "cpu")
+        self.sessions["tokens"].run_with_iobinding(b)
+        return dict(zip(QUERY_OUTPUTS, (torch.from_numpy(o) for o in b.copy_outputs_to_cpu())))

@@ -1,104 +1,123 @@
-"""TensorRT backend: runs an engine built by `sathmr export --format trt` on a CUDA GPU.
+"""TensorRT backend: runs the engines `sathmr export --format trt` builds, on a CUDA GPU.
 
-Buffers are torch CUDA tensors (no pycuda dependency). Config, canvas and budgets come from the
-engine's JSON sidecar, which also pins the TensorRT version the engine was built with.
+A two-stage export is a folder with ``scale_map.engine`` and ``tokens.engine`` (built with optimisation
+profiles over batch, image size and token counts), run with the shared token selection between them
+(``TwoStage``): the images and the stage-A tensors stay on the device, only the scale map comes to the
+host. A static export is one engine. Every engine file starts with the sathmr metadata header (config,
+hashes, TensorRT version), so the backend refuses an engine built for another model or TensorRT.
+Buffers are torch CUDA tensors (no pycuda); outputs come from torch's caching allocator, so a call
+allocates nothing new once the largest shapes have been seen.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from sathmr.backends.base import Backend, fixed_batches
+from sathmr.backends.two_stage import TwoStage, selection_feeds
 from sathmr.errors import SathmrError
-from sathmr.export.meta import ExportMeta, file_sha256, sidecar
+from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, file_sha256, read_artifact, read_engine
 from sathmr.model.sathmr import NET_OUTPUTS
+from sathmr.model.tokens import Selection
 from sathmr.optional import require
+
+
+class Engine:
+    """One deserialized engine with its execution context, run on torch's current CUDA stream."""
+
+    def __init__(self, trt, engine, device: torch.device, name: str):
+        self.trt, self.engine, self.device, self.name = trt, engine, device, name
+        self.context = engine.create_execution_context()
+        t = trt.DataType
+        self.dtypes = {t.FLOAT: torch.float32, t.HALF: torch.float16, t.INT32: torch.int32, t.INT64: torch.int64,
+                       t.BOOL: torch.bool}
+
+    def dtype(self, tensor: str) -> torch.dtype:
+        return self.dtypes[self.engine.get_tensor_dtype(tensor)]
+
+    def __call__(self, feeds: dict[str, torch.Tensor], outputs: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        ctx = self.context
+        bound = {k: v.to(self.device, self.dtype(k)).contiguous() for k, v in feeds.items()}
+        for k, v in bound.items():
+            ctx.set_input_shape(k, tuple(v.shape))
+            ctx.set_tensor_address(k, v.data_ptr())
+        outs = {}
+        for k in outputs:
+            outs[k] = torch.empty(tuple(ctx.get_tensor_shape(k)), dtype=self.dtype(k), device=self.device)
+            ctx.set_tensor_address(k, outs[k].data_ptr())
+        if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise SathmrError(f"TensorRT execution of {self.name} failed (see the TensorRT log)")
+        return {k: v.float() if v.is_floating_point() else v.long() for k, v in outs.items()}
 
 
 class TrtBackend(Backend):
     name = "trt"
 
-    def __init__(self, engine, meta: ExportMeta, device: torch.device, info: dict, max_batch: int):
-        self.trt = require("tensorrt")
-        self.engine = engine
-        self.context = engine.create_execution_context()
-        self.meta = meta
-        self.cfg = meta.cfg
-        self.canvas_hw = meta.canvas_hw
-        self.fixed_batch = meta.batch
-        self.max_batch = max_batch
+    def __init__(self, engines: dict[str, Engine], artifact, device: torch.device, info: dict):
+        self.engines, self.artifact, self.meta = engines, artifact, artifact.meta
+        self.cfg = self.meta.cfg
+        self.canvas_hw = self.meta.canvas_hw
+        self.fixed_batch = self.meta.batch
+        self.max_batch = self.meta.batch or int(self.meta.extra.get("tensorrt_max_batch", 1))
         self.device = device
         self.info = info
+        if self.meta.layout == "two-stage":
+            self.two_stage = TwoStage(self.cfg, self._scale_map, self._tokens)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cuda", config: str | None = None,
                   checkpoint: str | Path | None = None) -> "TrtBackend":
         trt = require("tensorrt")
-        path = Path(path)
-        if not path.is_file():
-            raise SathmrError(f"engine file not found: {path}")
         dev = torch.device(device)
         if dev.type != "cuda" or not torch.cuda.is_available():
             raise SathmrError(f"the trt backend needs a CUDA GPU (--device cuda); got --device {device}"
                               + ("" if torch.cuda.is_available() else " and PyTorch sees no CUDA device"))
-        side = sidecar(path)
-        if not side.is_file():
-            raise SathmrError(f"{side} is missing: engines are only usable with the metadata "
-                              "`sathmr export --format trt` writes next to them")
-        props = json.loads(side.read_text())
-        meta = ExportMeta.from_props(props, str(path))
+        art = read_artifact(path, suffix=".engine")
+        meta = art.meta
         meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
-        if props.get("tensorrt.version") != trt.__version__:
-            raise SathmrError(f"{path} was built with TensorRT {props.get('tensorrt.version')}, this is "
-                              f"{trt.__version__}: rebuild it with `sathmr export --format trt`")
+        built = meta.extra.get("tensorrt")
+        if built != trt.__version__:
+            raise SathmrError(f"{path} was built with TensorRT {built}, this is {trt.__version__}: rebuild it with "
+                              "`sathmr export --format trt`")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engines = {}
         with torch.cuda.device(dev):
-            engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise SathmrError(f"TensorRT cannot load {path} (built for another GPU?)")
+            for g, f in art.files.items():
+                engine = runtime.deserialize_cuda_engine(read_engine(f)[1])
+                if engine is None:
+                    raise SathmrError(f"TensorRT cannot load {f} (built for another GPU?)")
+                engines[g] = Engine(trt, engine, dev, f.name)
         info = {"path": str(path), "device": str(dev), "config": meta.cfg.name, "tensorrt": trt.__version__,
-                "budget_sat": meta.budget.sat_cells, "budget_context": meta.budget.context,
-                "fp16": json.loads(props.get("tensorrt.fp16", "false")), "note": f"model: {path} (TensorRT)"}
-        return cls(engine, meta, dev, info, int(json.loads(props.get("tensorrt.max_batch", "1"))))
+                "layout": meta.layout, "precision": meta.precision,
+                "note": f"model: {path} (TensorRT {trt.__version__}, {meta.layout}, {meta.precision})"}
+        return cls(engines, art, dev, info)
 
     def check_body_model(self, body_model) -> None:
         self.meta.check(body_fingerprint=getattr(body_model, "fingerprint", None), source=self.info["path"])
 
-    def _dtype(self, name: str) -> torch.dtype:
-        t = self.trt.DataType
-        table = {t.FLOAT: torch.float32, t.HALF: torch.float16, t.INT32: torch.int32, t.INT64: torch.int64,
-                 t.BOOL: torch.bool}
-        return table[self.engine.get_tensor_dtype(name)]
-
-    def _run_chunk(self, images: torch.Tensor, img_hw: torch.Tensor) -> list[torch.Tensor]:
-        ctx = self.context
-        feeds = {"images": images.to(self.device, self._dtype("images")).contiguous(),
-                 "img_hw": img_hw.to(self.device, self._dtype("img_hw")).contiguous()}
-        for name, t in feeds.items():
-            ctx.set_input_shape(name, tuple(t.shape))
-            ctx.set_tensor_address(name, t.data_ptr())
-        outs = []
-        for name in NET_OUTPUTS:
-            t = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtype(name), device=self.device)
-            ctx.set_tensor_address(name, t.data_ptr())
-            outs.append(t)
-        stream = torch.cuda.current_stream(self.device)
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise SathmrError("TensorRT execution failed (see the TensorRT log)")
-        stream.synchronize()
-        return [o.float() if o.is_floating_point() else o.long() for o in outs]
-
     def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = []
+        with torch.cuda.device(self.device):
+            for xb, hb, m in fixed_batches(images, img_hw, self.fixed_batch or self.max_batch):
+                if self.fixed_batch is None:
+                    xb, hb = xb[:m], hb[:m]    # dynamic profile: run the real images only
+                out = self.two_stage.run(xb, hb) if self.meta.layout == "two-stage" else self._static(xb, hb)
+                parts.append({k: v[:m].cpu() for k, v in out.items()})
+        return {k: torch.cat([p[k] for p in parts]) for k in NET_OUTPUTS}
+
+    def _static(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
         if tuple(images.shape[2:]) != tuple(self.canvas_hw):
             raise SathmrError(f"the engine takes {self.canvas_hw[0]}x{self.canvas_hw[1]} inputs, got "
                               f"{images.shape[2]}x{images.shape[3]}")
-        parts = []
-        step = self.fixed_batch or self.max_batch
-        with torch.cuda.device(self.device):
-            for xb, hb, m in fixed_batches(images, img_hw, step):
-                if self.fixed_batch is None:
-                    xb, hb = xb[:m], hb[:m]    # dynamic profile: run the real images only
-                parts.append([o[:m].cpu() for o in self._run_chunk(xb, hb)])
-        return {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(NET_OUTPUTS)}
+        return self.engines["static"]({"images": images, "img_hw": img_hw}, GRAPHS["static"][1])
+
+    def _scale_map(self, images: torch.Tensor, img_hw: torch.Tensor):
+        x = images.to(self.device)
+        out = self.engines["scale_map"]({"images": x, "img_hw": img_hw}, GRAPHS["scale_map"][1])
+        return out["scale_map"].cpu(), (x, out["t1"], out["cls"])
+
+    def _tokens(self, images: torch.Tensor, stage_a, sel: Selection) -> dict[str, torch.Tensor]:
+        x, t1, cls = stage_a
+        return self.engines["tokens"]({"images": x, "t1": t1, "cls": cls, **selection_feeds(sel)}, QUERY_OUTPUTS)

@@ -29,7 +29,7 @@ from sathmr.bench.setup import Setup, load_images, make_setup, synthetic_images
 from sathmr.bench.worker import WorkerSpec, serve
 from sathmr.errors import SathmrError
 from sathmr.export.onnx import export_network
-from sathmr.export.trt import build_engine
+from sathmr.export.trt import build_engines
 
 STAGES = ("preprocess", "network", "postprocess", "end_to_end")
 Log = Callable[[str], None]
@@ -84,7 +84,7 @@ def trt_unavailable(device: str) -> str | None:
     return None
 
 
-def exported_files(names: Sequence[str], setup: Setup, workdir: Path, model_path, engine_path, batch: int,
+def exported_files(names: Sequence[str], setup: Setup, workdir: Path, model_path, engine_path,
                    device: str, log: Log) -> tuple[dict[str, Path], dict[str, str]]:
     """The file each exported backend runs (given, or exported once with `sathmr export`'s own code)."""
     files, skipped = {}, {}
@@ -94,17 +94,16 @@ def exported_files(names: Sequence[str], setup: Setup, workdir: Path, model_path
         log(f"skipping trt: {why}")
     onnx = Path(model_path) if model_path else None
     if onnx is None and ("ort" in names or need_trt):
-        log(f"exporting the network to ONNX ({workdir / 'bench.onnx'}) ...")
+        log(f"exporting the network to ONNX ({workdir / 'onnx'}) with `sathmr export`'s defaults ...")
         t0 = time.perf_counter()
-        onnx, _ = export_network(setup.network(), setup.body(), workdir / "bench.onnx", batch=batch,
-                                 checkpoint=setup.checkpoint)
+        onnx = export_network(setup.network(), setup.body(), workdir / "onnx", checkpoint=setup.checkpoint)[0].path
         log(f"  exported in {time.perf_counter() - t0:.1f} s")
     if "ort" in names:
         files["ort"] = onnx
     if "trt" in names and "trt" not in skipped:
         if engine_path is None:
-            log(f"building a TensorRT engine from {onnx} ...")
-            engine_path = build_engine(onnx, workdir / "bench.engine")
+            log(f"building TensorRT engines from {onnx} ...")
+            engine_path = build_engines(onnx, workdir / "trt").path
         files["trt"] = Path(engine_path)
     return files, skipped
 
@@ -199,8 +198,8 @@ def bench(backend_names: Sequence[str], config: str | None = None, images=None, 
     }
     network = None
     with tempfile.TemporaryDirectory(prefix="sathmr-bench-") as tmp:
-        files, result["skipped"] = exported_files(backend_names, setup, Path(tmp), model_path, engine_path, batch,
-                                                  device, log)
+        files, result["skipped"] = exported_files(backend_names, setup, Path(tmp), model_path, engine_path, device,
+                                                  log)
         specs = [WorkerSpec(name, setup, inputs, batch, threads, device, threshold, files.get(name),
                             {"threads": threads} if name == "ort" else {})
                  for name in backend_names if name not in result["skipped"]]

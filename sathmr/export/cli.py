@@ -1,18 +1,23 @@
-"""`sathmr export`: the network as a static ONNX graph, or a TensorRT engine built from one."""
+"""`sathmr export`: the network as ONNX (two-stage by default, or one fixed-budget graph) or TensorRT."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
 from sathmr.errors import SathmrError
-from sathmr.export.meta import DEFAULT_OPSET, sidecar
+from sathmr.export.meta import DEFAULT_OPSET, Artifact
 from sathmr.export.onnx import export_from_checkpoint
-from sathmr.export.trt import build_engine
+from sathmr.export.trt import DEFAULT_MAX_BATCH, build_engines
 from sathmr.model.tokens import TokenBudget, stage_lengths
+
+#: options that only mean something with one format / layout (rejected elsewhere instead of ignored)
+STATIC_ONLY = ("budget_sat", "budget_context", "canvas")
+TRT_ONLY = ("onnx_path", "workspace_gb", "max_batch")
 
 
 def parse_canvas(text: str | None) -> tuple[int, int] | None:
@@ -25,47 +30,78 @@ def parse_canvas(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
+    """Refuse an option the chosen format or layout would silently ignore."""
+    def flag(k: str) -> str:
+        return "--" + {"onnx_path": "onnx"}.get(k, k).replace("_", "-")
+    bad = [flag(k) for k in STATIC_ONLY if given.get(k) is not None and not static_budget]
+    if bad:
+        raise SathmrError(f"{', '.join(bad)}: only with --static-budget (the default export has no token budgets)")
+    bad = [flag(k) for k in TRT_ONLY if given.get(k) is not None and fmt != "trt"]
+    if bad:
+        raise SathmrError(f"{', '.join(bad)}: only with --format trt")
+    if given.get("onnx_path") is not None and static_budget:
+        raise SathmrError("--onnx builds from an existing export: its layout is already fixed")
+
+
+def describe(art: Artifact) -> str:
+    m = art.meta
+    head = (f"wrote {art.path}: config {m.cfg.name}, {m.layout}, {m.precision}, batch {m.batch or 'dynamic'}, "
+            f"files {', '.join(f.name for f in art.files.values())}")
+    if m.layout == "static":
+        lengths = stage_lengths(m.budget)
+        return (f"{head}; canvas {m.canvas_hw[0]}x{m.canvas_hw[1]}, budgets sat={m.budget.sat_cells} "
+                f"context={m.budget.context} (stage B {lengths['stage_b']} tokens, stage C {lengths['stage_c']})")
+    ax = m.axes()
+    return (f"{head}; dynamic axes: images up to {m.cfg.input_size}x{m.cfg.input_size} in steps of "
+            f"{m.cfg.pad_multiple}, SAT cells 1..{ax['sat_cells'][1]}, context tokens 1..{ax['ctx_tokens'][1]}")
+
+
 @click.command("export")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="model.onnx or model.engine")
+@click.option("--output", "-o", required=True, type=click.Path(),
+              help="A folder (two-stage, the default), or model.onnx / model.engine with --static-budget.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (default: weights/ or the embedded model).")
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder; its fingerprint is stored in the model.")
-@click.option("--budget-sat", type=int, default=None, help="SAT cells per image (each = 4 level-0 tokens); default 3/8 of the canvas cells.")
-@click.option("--budget-context", type=int, default=None, help="Level-1 + level-2 tokens per image; default all canvas cells (never overflows).")
-@click.option("--canvas", default=None, help="Fixed input HxW (multiples of 56, long side = input size); default square.")
-@click.option("--batch", type=int, default=None, help="Fix the batch size of the graph (default: dynamic batch, which costs nothing on ORT).")
-@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension (the default unless --batch is given).")
-@click.option("--fp16", is_flag=True, help="Half-precision weights and activations (GPU engines; CPU ORT is slow in fp16).")
+@click.option("--static-budget", is_flag=True,
+              help="One graph with fixed token budgets (runtimes without dynamic shapes, CUDA graphs); overflow is flagged.")
+@click.option("--budget-sat", type=int, default=None, help="--static-budget: SAT cells per image (each = 4 level-0 tokens); default 3/8 of the canvas cells.")
+@click.option("--budget-context", type=int, default=None, help="--static-budget: level-1 + level-2 tokens per image; default all canvas cells.")
+@click.option("--canvas", default=None, help="--static-budget: the fixed input HxW (multiples of 56, long side = input size); default square.")
+@click.option("--batch", type=int, default=None, help="Fix the batch size (default: a dynamic batch axis).")
+@click.option("--fp16", is_flag=True, help="Half precision after the token selection (stage A stays fp32; for GPUs).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
-@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim/onnxsim when installed.")
-@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="--format trt: build from this ONNX file instead of exporting one.")
-@click.option("--workspace-gb", type=float, default=4.0, show_default=True, help="--format trt: builder workspace.")
-def export_command(fmt, output, checkpoint, config, smpl_dir, budget_sat, budget_context, canvas, batch, dynamic_batch,
-                   fp16, opset, simplify, onnx_path, workspace_gb):
-    """Export the network with fixed token budgets (static shapes) for ONNX Runtime or TensorRT."""
+@click.option("--simplify", is_flag=True, help="Simplify the graphs with onnxslim/onnxsim when installed.")
+@click.option("--onnx", "onnx_path", type=click.Path(exists=True), help="--format trt: build from this ONNX export instead of exporting one.")
+@click.option("--workspace-gb", type=float, default=None, help="--format trt: builder workspace (default 4).")
+@click.option("--max-batch", type=int, default=None, help=f"--format trt: largest batch of the profiles (default {DEFAULT_MAX_BATCH}).")
+def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch,
+                   fp16, opset, simplify, onnx_path, workspace_gb, max_batch):
+    """Export the network for ONNX Runtime or TensorRT: by default the exact two-stage model whose token
+    axes follow each image; with --static-budget one graph with fixed token budgets."""
+    validate_args(fmt, static_budget, dict(budget_sat=budget_sat, budget_context=budget_context, canvas=canvas,
+                                           onnx_path=onnx_path, workspace_gb=workspace_gb, max_batch=max_batch))
     output = Path(output)
-    if dynamic_batch and batch is not None:
-        raise SathmrError("--batch and --dynamic-batch exclude each other")
-    dynamic_batch = batch is None
-    if fmt == "trt" and onnx_path:
-        return _build_trt(Path(onnx_path), output, fp16, workspace_gb)
-    onnx_out = output if fmt == "onnx" else output.with_suffix(".onnx")
+    options = dict(static_budget=TokenBudget(budget_sat, budget_context) if static_budget else None,
+                   canvas_hw=parse_canvas(canvas), batch=batch, opset=opset, simplify=simplify)
+    if fmt == "onnx":
+        art = _export(output, checkpoint, smpl_dir, config, precision="fp16" if fp16 else "fp32", **options)
+        click.echo(describe(art))
+        return
+    trt_opts = dict(fp16=fp16, workspace_gb=workspace_gb or 4.0, max_batch=max_batch or DEFAULT_MAX_BATCH)
+    if onnx_path:
+        art = build_engines(onnx_path, output, **trt_opts)
+    else:   # TensorRT reduces precision itself, from the fp32 graphs
+        with tempfile.TemporaryDirectory(prefix="sathmr-export-") as tmp:
+            name = "model.onnx" if static_budget else "model_onnx"
+            src = _export(Path(tmp) / name, checkpoint, smpl_dir, config, precision="fp32", **options)
+            art = build_engines(src.path, output, **trt_opts)
+    click.echo(describe(art))
+
+
+def _export(output: Path, checkpoint, smpl_dir, config, **options) -> Artifact:
     # the exporter prints progress on stdout; keep stdout for our own result lines
     with contextlib.redirect_stdout(sys.stderr):
-        path, meta = export_from_checkpoint(
-            onnx_out, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config,
-            budget=TokenBudget(budget_sat, budget_context), canvas_hw=parse_canvas(canvas), batch=batch or 1,
-            dynamic_batch=dynamic_batch, opset=opset, simplify=simplify,
-            fp16=fp16 and fmt == "onnx")   # TensorRT builds fp16 itself from an fp32 graph
-    lengths = stage_lengths(meta.budget)
-    click.echo(f"wrote {path}: config {meta.cfg.name}, canvas {meta.canvas_hw[0]}x{meta.canvas_hw[1]}, "
-               f"batch {meta.batch or 'dynamic'}, budgets sat={meta.budget.sat_cells} context={meta.budget.context} "
-               f"(stage B {lengths['stage_b']} tokens, stage C {lengths['stage_c']}), fp16={meta.fp16}")
-    if fmt == "trt":
-        _build_trt(path, output, fp16, workspace_gb)
-
-
-def _build_trt(onnx_path: Path, output: Path, fp16: bool, workspace_gb: float) -> None:
-    build_engine(onnx_path, output, fp16=fp16, workspace_gb=workspace_gb)
-    click.echo(f"wrote {output} (+ {sidecar(output).name})")
+        art, _ = export_from_checkpoint(output, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config, **options)
+    return art

@@ -93,7 +93,7 @@ class Decoder(nn.Module):
         ``self_blocked`` (Q', Q') is the denoising mask with True = blocked, as in the original.
         """
         C = self.d_model
-        mem_mask = key_mask_bias(mem_valid)
+        mem_mask = key_mask_bias(mem_valid, memory.dtype)
         self_mask = None if self_blocked is None else ~self_blocked[None, None]
         c = tgt
         ref = ref_logit.sigmoid()   # anchor, detached from the previous layer's box head

@@ -7,16 +7,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def key_mask_bias(key_valid: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, L) bool, True = attend → SDPA boolean mask (B, 1, 1, L), or None when nothing is masked.
+def key_mask_bias(key_valid: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """(B, L) bool, True = attend → additive SDPA mask (B, 1, 1, L) of 0 / −inf, or None when nothing is masked.
 
     Padding slots of a batch (other images' extra tokens, unused budget slots, cells outside the image)
     are excluded from every softmax this way, which is what makes a padded batch equal to the
-    original's block-diagonal per-image attention.
+    original's block-diagonal per-image attention. Additive rather than boolean: PyTorch computes the
+    same thing either way (bit for bit), but an exported graph then needs one Add, where a boolean mask
+    brings a guard against all-masked rows (IsNaN + Where over every attention score) — which cannot
+    occur here, since every sequence holds its CLS token.
     """
     if key_valid is None:
         return None
-    return key_valid[:, None, None, :]
+    return torch.zeros(key_valid.shape, dtype=dtype, device=key_valid.device).masked_fill(
+        ~key_valid, float("-inf"))[:, None, None, :]
 
 
 _XOPS = None
@@ -111,7 +115,7 @@ class Block(nn.Module):
 
 
 def run_blocks(blocks, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
-    mask = key_mask_bias(key_valid)
+    mask = key_mask_bias(key_valid, x.dtype)
     for blk in blocks:
         x = blk(x, mask)
     return x

@@ -48,8 +48,8 @@ class Selection:
     sat_valid: torch.Tensor    # (B, Ks) bool
     ctx_idx: torch.Tensor      # (B, Kc) indices into [N1 cells ; N1/4 groups]
     ctx_valid: torch.Tensor    # (B, Kc) bool
-    counts: torch.Tensor       # (B, 3) tokens used per level
-    overflow: torch.Tensor     # (B, 2) SAT cells demoted to level 1, context tokens dropped
+    counts: torch.Tensor | None = None      # (B, 3) tokens used per level
+    overflow: torch.Tensor | None = None    # (B, 2) SAT cells demoted to level 1, context tokens dropped
 
 
 def group_any(mask: torch.Tensor) -> torch.Tensor:
@@ -155,18 +155,26 @@ CHILD_DY = (0, 0, 1, 1)
 CHILD_DX = (0, 1, 0, 1)
 
 
+def _divmod(idx: torch.Tensor, n) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of raster indices on a grid ``n`` wide (written without ``%``, which the ONNX
+    exporter cannot take with a symbolic ``n``)."""
+    row = idx // n
+    return row, idx - row * n
+
+
 def token_layout(sel: Selection, hc: int, wc: int) -> TokenLayout:
     """Grid coordinates, levels and validity of the memory tokens [level 0 ; level 1 and 2]."""
     dev = sel.sat_idx.device
-    y1, x1 = sel.sat_idx // wc, sel.sat_idx % wc
+    y1, x1 = _divmod(sel.sat_idx, wc)
     y0 = (2 * y1[..., None] + torch.tensor(CHILD_DY, device=dev)).flatten(1)
     x0 = (2 * x1[..., None] + torch.tensor(CHILD_DX, device=dev)).flatten(1)
     valid0 = sel.sat_valid.repeat_interleave(4, dim=1)
     n1 = hc * wc
     is_l1 = sel.ctx_idx < n1
     g = (sel.ctx_idx - n1).clamp(min=0)
-    cy = torch.where(is_l1, sel.ctx_idx // wc, g // (wc // 2))
-    cx = torch.where(is_l1, sel.ctx_idx % wc, g % (wc // 2))
+    (y_1, x_1), (y_2, x_2) = _divmod(sel.ctx_idx, wc), _divmod(g, wc // 2)
+    cy = torch.where(is_l1, y_1, y_2)
+    cx = torch.where(is_l1, x_1, x_2)
     return TokenLayout(
         y=torch.cat((y0, cy), 1), x=torch.cat((x0, cx), 1),
         lvl=torch.cat((torch.zeros_like(y0), torch.where(is_l1, 1, 2)), 1),

@@ -112,7 +112,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: weights/ or the embedded model.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Exported model for --backend ort.")
+@click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=None,
