@@ -287,3 +287,13 @@ def test_train_two_processes_equal_one_with_the_doubled_batch(same_size_train_se
         for k in one:
             if not is_key_bias(k):
                 torch.testing.assert_close(two[k], one[k], rtol=0, atol=atol, msg=f"{step} {k}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices: one per process")
+def test_infer_two_gpu_processes_each_take_their_own_gpu(tmp_path, embedded):
+    imgs = tmp_path / "imgs"
+    make_inputs(imgs)
+    out = torchrun(["infer", "-i", imgs, "-o", tmp_path / "two", "--device", "cuda"]).stdout
+    assert "processes: 2" in out and "processed 8 image(s)" in out
+    assert len(list((tmp_path / "two" / "thresh_0.3").glob("*.json"))) == 8
