@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from sathmr.api import Predictor, load_predictor
 from sathmr.backends import BACKENDS
+from sathmr.distributed import ProcessGroup, start
 from sathmr.errors import SathmrError
 from sathmr.io import InputItem, ensure_writable, iter_inputs, write_json, write_npz, write_png
 from sathmr.meshes import write_meshes
@@ -90,9 +91,18 @@ class Summary:
     people: dict[float, int] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
     network_s: float = 0.0
+    processes: int = 1
+
+    @classmethod
+    def merge(cls, parts: list[Summary]) -> Summary:
+        """One summary of the shards of several processes (in rank order)."""
+        people = {t: sum(p.people.get(t, 0) for p in parts) for t in parts[0].people}
+        return cls(sum(p.processed for p in parts), sum(p.skipped for p in parts), [f for p in parts for f in p.failed],
+                   people, [n for p in parts for n in p.tokens], sum(p.network_s for p in parts), len(parts))
 
     def report(self, seconds: float) -> str:
-        lines = [f"processed {self.processed} image(s), skipped {self.skipped} already done, failed {len(self.failed)}"]
+        lines = [f"processed {self.processed} image(s), skipped {self.skipped} already done, failed {len(self.failed)}",
+                 f"  processes: {self.processes}"]
         for t, n in sorted(self.people.items()):
             lines.append(f"  threshold {t:g}: {n} people")
         if self.tokens:
@@ -104,9 +114,16 @@ class Summary:
         return "\n".join(lines)
 
 
+def input_unit(item: InputItem) -> str:
+    """The file an item comes from: the frames of one video (sources ``<file>#frame<i>``) are one unit."""
+    return item.source.partition("#frame")[0]
+
+
 def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_size: int = 1,
-              overwrite: bool = False, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Summary:
-    """Every input through the predictor; a bad input is reported, listed in the summary and skipped."""
+              overwrite: bool = False, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+              group: ProcessGroup = ProcessGroup()) -> Summary:
+    """Every input (of this process's share, see :meth:`ProcessGroup.shard`) through the predictor; a bad
+    input is reported, listed in the summary and skipped. Returns this process's summary."""
     summary = Summary(people={t: 0 for t in plan.thresholds})
     pending: list[tuple[InputItem, Prepared]] = []
 
@@ -128,8 +145,8 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
         bar.write(f"skipped {item.source}: {message}")
 
     # outputs are never read back as input, even when the output folder lies inside the input tree
-    bar = tqdm(iter_inputs(inputs, exclude=plan.written_dirs(), max_pixels=max_pixels), desc="infer", unit="img",
-               disable=not progress)
+    listing = iter_inputs(inputs, exclude=plan.written_dirs(), max_pixels=max_pixels)
+    bar = tqdm(group.shard(listing, key=input_unit), desc="infer", unit="img", disable=not progress)
     for item in bar:
         if item.error:
             fail(item, item.error)
@@ -170,18 +187,21 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
               help="Refuse images with more pixels than this (checked in the file header, before decoding).")
 def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
                   save_mesh, save_smpl, save_raw, no_overlay, overwrite, max_pixels):
-    """Detect people and estimate their SMPL meshes."""
+    """Detect people and estimate their SMPL meshes (several processes: `torchrun --nproc-per-node N -m sathmr infer`)."""
     if batch_size < 1:
         raise SathmrError("--batch-size must be >= 1")
+    group = start(device)
     ensure_writable(Path(output))
-    predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config, device=device,
-                                     thresholds=thresholds, model_path=model_path)
-    click.echo(info.get("note") or f"model: {info.get('path')}", err=True)
+    predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config,
+                                     device=group.device, thresholds=thresholds, model_path=model_path)
+    group.echo(info.get("note") or f"model: {info.get('path')}", err=True)
     plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw,
                       smpl=save_smpl)
     t0 = time.perf_counter()
-    summary = run_infer(predictor, inputs, plan, batch_size, overwrite, max_pixels=max_pixels)
-    click.echo(summary.report(time.perf_counter() - t0))
-    click.echo(f"outputs in {plan.root}")
+    summary = run_infer(predictor, inputs, plan, batch_size, overwrite, progress=group.is_main,
+                        max_pixels=max_pixels, group=group)
+    summary = Summary.merge(group.gather(summary))
+    group.echo(summary.report(time.perf_counter() - t0))
+    group.echo(f"outputs in {plan.root}")
     if summary.failed and not summary.processed and not summary.skipped:
         raise SystemExit(1)

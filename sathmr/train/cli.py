@@ -13,6 +13,7 @@ from sathmr.api import Predictor
 from sathmr.backends import BACKENDS, TorchBackend, load_backend
 from sathmr.body import default_smpl_dir, load_mean_params
 from sathmr.config import get_config
+from sathmr.distributed import launched_rank, start
 from sathmr.errors import SathmrError
 from sathmr.io import write_json
 from sathmr.model import build_model
@@ -75,9 +76,11 @@ def metrics_table(metrics: dict) -> str:
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Detection threshold of the validation.")
 @click.option("--no-resume", is_flag=True, help="Start over even if OUTPUT has checkpoints.")
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--no-dn", is_flag=True, help="Train without the denoising queries.")
 def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output, epochs, batch_size, lr, lr_encoder,
-                  max_steps, save_every, workers, mixed_precision, threshold, no_resume, seed):
-    """Train SAT-HMR (also: `accelerate launch -m sathmr train ...`)."""
+                  max_steps, save_every, workers, mixed_precision, threshold, no_resume, seed, no_dn):
+    """Train SAT-HMR; several processes: `torchrun --nproc-per-node N -m sathmr train ...` (--batch-size is
+    per process) or `accelerate launch -m sathmr train ...`."""
     cfg = get_config(config)
     smpl = body_for(smpl_dir, data_root)
     bodies = BodyModels(smpl)
@@ -100,11 +103,13 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
             backend = TorchBackend(m, device=str(next(m.parameters()).device))
             return evaluate(Predictor(backend, body, (threshold,)), val_set, threshold)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, max_steps=max_steps,
-                     save_every_steps=save_every, num_workers=workers, mixed_precision=mixed_precision, seed=seed)
-    click.echo(f"training {cfg.name} on {len(train_set)} images ({', '.join(':'.join(s) for s in parse_sets(datasets, 'bedlam:train_6fps'))}); "
-               f"body model {smpl}; output {output}", err=True)
+                     save_every_steps=save_every, num_workers=workers, mixed_precision=mixed_precision, seed=seed,
+                     use_dn=not no_dn)
+    echo = click.echo if launched_rank() == 0 else (lambda *args, **kwargs: None)
+    echo(f"training {cfg.name} on {len(train_set)} images ({', '.join(':'.join(s) for s in parse_sets(datasets, 'bedlam:train_6fps'))}); "
+         f"body model {smpl}; output {output}", err=True)
     res = train(model, train_set, body, Path(output), tc, resume=not no_resume, eval_fn=eval_fn, log=lambda s: click.echo(s, err=True))
-    click.echo(f"done: {res['state']['global_step']} steps; model {Path(output) / 'model_final.safetensors'}")
+    echo(f"done: {res['state']['global_step']} steps; model {Path(output) / 'model_final.safetensors'}")
 
 
 @click.command("eval")
@@ -124,15 +129,17 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
 def eval_command(data_root, dataset, checkpoint, backend, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path):
-    """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...)."""
+    """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
+    (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
     (name, split), = parse_sets((dataset,), dataset)
     check_split(data_root, name, split)     # before any model is loaded
+    group = start(device)
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
     res = resolve(checkpoint, smpl_dir or (beside if beside.is_dir() and checkpoint is None else None))
     if backend != "ort":
-        click.echo(res.note, err=True)
+        group.echo(res.note, err=True)
     be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=res.smpl_dir,
-                      device=device)
+                      device=group.device)
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
@@ -149,9 +156,10 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
     elif (smpl / "body_verts_smpl.npy").is_file():
         kw["body_verts"] = smpl / "body_verts_smpl.npy"
     metrics = evaluate(Predictor(be, body, (threshold,)), ds, threshold, protocol, batch_size, limit=limit,
-                       progress=True, **kw)
+                       progress=group.is_main, group=group, **kw)
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    click.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}")
-    click.echo(metrics_table(metrics))
-    if json_path:
+    procs = f"  processes {group.world}" if group.world > 1 else ""
+    group.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}{procs}")
+    group.echo(metrics_table(metrics))
+    if json_path and group.is_main:
         write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol, **metrics})

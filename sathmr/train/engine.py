@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm import tqdm
 
 from sathmr.api import Predictor
 from sathmr.config import ModelConfig
+from sathmr.distributed import ProcessGroup
 from sathmr.errors import SathmrError
 from sathmr.model.checkpoint import save_checkpoint
 from sathmr.model.sathmr import SATHMR
@@ -31,7 +32,7 @@ from sathmr.preprocess import Prepared
 from sathmr.train.data.pipeline import collate, seed_epoch, stack_images
 from sathmr.train.dn import build_dn_queries
 from sathmr.train.losses import SetCriterion, accelerate_reducer
-from sathmr.train.metrics import EvalAccumulator
+from sathmr.train.metrics import EvalAccumulator, EvalSums
 
 
 @dataclass
@@ -97,7 +98,12 @@ def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: 
     """Train ``model`` on ``train_set`` (an HMRDataset or a ConcatDataset of them); checkpoints and
     TensorBoard logs go to ``out_dir``. Every sample is seeded by (seed, epoch, index) (:func:`seed_epoch`)."""
     out_dir = Path(out_dir)
-    acc = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard",
+    # cpu=True without CUDA: otherwise processes started by torchrun would each train alone (no gloo group).
+    # Unused parameters are normal: an image without small-scale cells sends no tokens through the level-0
+    # path (and DN off leaves dn_enc idle), so DDP must not wait for their gradients.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp], mixed_precision=tc.mixed_precision,
+                      log_with="tensorboard",
                       project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
     set_seed(tc.seed)
     cfg: ModelConfig = model.cfg
@@ -121,12 +127,14 @@ def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: 
     ckpt_root = out_dir / "checkpoints"
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
     if resume and ckpt_root.is_dir():
-        done = sorted(ckpt_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        done = sorted((p for p in ckpt_root.glob("step_*") if (p / "progress.json").is_file()),   # complete ones
+                      key=lambda p: int(p.name.split("_")[1]))
         if done:
             acc.load_state(str(done[-1]))
             state = json.loads((done[-1] / "progress.json").read_text())
             sched.load_state_dict(torch.load(done[-1] / "sched.pt", weights_only=True))
-            log(f"resumed from {done[-1]} (epoch {state['epoch']}, step {state['global_step']})")
+            if acc.is_main_process:
+                log(f"resumed from {done[-1]} (epoch {state['epoch']}, step {state['global_step']})")
 
     def save(tag_state: dict) -> None:
         acc.wait_for_everyone()
@@ -162,9 +170,11 @@ def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: 
             sched.step()
             state = {"epoch": epoch, "step_in_epoch": step_in_epoch + 1, "global_step": gs + 1}
             if gs % tc.log_every == 0 or gs + 1 == total:
-                row = {"step": gs, "epoch": epoch, "loss": total_loss.item(), "lr": sched.get_last_lr()[-1],
+                keys = sorted(k for k in losses if "." not in k)
+                logged = acc.reduce(torch.stack([total_loss.detach(), *(losses[k].detach() for k in keys)]), "mean")
+                row = {"step": gs, "epoch": epoch, "loss": logged[0].item(), "lr": sched.get_last_lr()[-1],
                        "time": round(time.perf_counter() - t_start, 1),
-                       **{k: v.item() for k, v in losses.items() if "." not in k}}
+                       **{k: v.item() for k, v in zip(keys, logged[1:])}}   # means over processes, as the original
                 acc.log({f"train/{k}": v for k, v in row.items() if k not in ("step", "epoch")}, step=gs)
                 history.append(row)
                 if acc.is_main_process:
@@ -205,20 +215,27 @@ def eval_items(images: list[torch.Tensor], targets: list[dict]) -> list[Prepared
 
 
 def evaluate(predictor: Predictor, dataset, threshold: float = 0.5, protocol: str = "agora", batch_size: int = 4,
-             body_verts=None, h36m_regressor=None, limit: int = 0, progress: bool = False) -> dict:
+             body_verts=None, h36m_regressor=None, limit: int = 0, progress: bool = False,
+             group: ProcessGroup = ProcessGroup()) -> dict:
     """Run a predictor over an evaluation dataset (HMRDataset, eval mode) and score it (spec §7).
 
-    Predictions are the queries with confidence > ``threshold`` in the canvas frame, as the GT is.
+    Predictions are the queries with confidence > ``threshold`` in the canvas frame, as the GT is. Under
+    several processes (``group``) each scores its share of the images; the per-image sums are gathered
+    and pooled in dataset order, so every process returns what one process computes.
     """
     acc = EvalAccumulator(protocol, body_verts=body_verts, h36m_regressor=h36m_regressor)
     n = len(dataset) if not limit else min(limit, len(dataset))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size,
+    mine = group.indices(n)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
                                          collate_fn=collate)
+    scored: list[tuple[int, EvalSums]] = []
     for imgs, targets in tqdm(loader, desc="eval", disable=not progress):
         dec = predictor.run_batch(eval_items(imgs, targets), [t["img_path"] for t in targets]).decoded
         for i, t in enumerate(targets):
             keep = dec["pred_confs"][i, :, 0] > threshold
             pred = {"j2ds": dec["pred_j2ds"][i, keep], "j3ds": dec["pred_j3ds"][i, keep], "verts": dec["pred_verts"][i, keep]}
             gt = {"j2ds": t["j2ds"].numpy(), "j3ds": t["j3ds"].numpy(), "verts": t["verts"].numpy()}
-            acc.add(pred, gt)
+            scored.append((mine[len(scored)], acc.score_image(pred, gt)[0]))
+    for _, sums in sorted((s for part in group.gather(scored) for s in part), key=lambda s: s[0]):
+        acc.sums.merge(sums)
     return acc.result()

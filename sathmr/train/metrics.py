@@ -136,7 +136,9 @@ def procrustes_align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Sums:
+class EvalSums:
+    """Matching counts and per-person errors of one image, or pooled over images in the order merged
+    (the order fixes the floating-point sum, so shards merged in dataset order score as one process)."""
     num_gt: int = 0
     misses: int = 0
     false_positives: int = 0
@@ -144,6 +146,13 @@ class _Sums:
 
     def add_error(self, key: str, value: float) -> None:
         self.errors.setdefault(key, []).append(value)
+
+    def merge(self, other: EvalSums) -> None:
+        self.num_gt += other.num_gt
+        self.misses += other.misses
+        self.false_positives += other.false_positives
+        for key, values in other.errors.items():
+            self.errors.setdefault(key, []).extend(values)
 
 
 class EvalAccumulator:
@@ -169,24 +178,28 @@ class EvalAccumulator:
         self.body_verts = None if body_verts is None else np.asarray(body_verts, dtype=np.int64)
         self.h36m = None if h36m_regressor is None else np.asarray(h36m_regressor, dtype=np.float64)
         self.iou_thresh = iou_thresh
-        self.sums = _Sums()
+        self.sums = EvalSums()
 
     def add(self, pred: Mapping, gt: Mapping) -> MatchResult:
         """Add one image. Both dicts hold ``j2ds`` (k,≥24,2) canvas px, ``j3ds`` (k,≥24,3) and ``verts``
         (k,V,3) in the camera frame (metres); ``j3ds`` is not needed for 3DPW."""
+        sums, match = self.score_image(pred, gt)
+        self.sums.merge(sums)
+        return match
+
+    def score_image(self, pred: Mapping, gt: Mapping) -> tuple[EvalSums, MatchResult]:
+        """One image's contribution, without adding it (see :meth:`add` for the inputs)."""
         n_gt = len(gt["j2ds"])
         n_pred = len(pred["j2ds"])
         if n_gt and n_pred:
             match = match_people(pred["j2ds"], gt["j2ds"], self.iou_thresh)
         else:
             match = MatchResult(false_positives=list(range(n_pred)), misses=list(range(n_gt)))
-        self.sums.num_gt += n_gt
-        self.sums.misses += len(match.misses)
-        self.sums.false_positives += len(match.false_positives)
+        sums = EvalSums(n_gt, len(match.misses), len(match.false_positives))
         for i, j in match.matches:
             for key, value in self._person_errors(pred, gt, i, j).items():
-                self.sums.add_error(key, value)
-        return match
+                sums.add_error(key, value)
+        return sums, match
 
     def _person_errors(self, pred: Mapping, gt: Mapping, i: int, j: int) -> dict[str, float]:
         pv, gv = to_numpy(pred["verts"][i]), to_numpy(gt["verts"][j])

@@ -242,8 +242,11 @@ class HMRDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def set_epoch(self, seed: int, epoch: int, offset: int = 0) -> None:
+    def set_epoch_seed(self, seed: int, epoch: int, offset: int = 0) -> None:
         """Draw each sample of this epoch from its own generator seeded by (seed, epoch, offset + index).
+
+        (Not named ``set_epoch``: accelerate's sharded DataLoader calls ``dataset.set_epoch(iteration)``
+        on any dataset that has one, which would replace this seeding with its own iteration count.)
 
         A sample then no longer depends on which process or DataLoader worker builds it, nor on what
         was drawn before it, so a resumed run repeats the steps an uninterrupted one takes. ``offset``
@@ -252,7 +255,7 @@ class HMRDataset(torch.utils.data.Dataset):
         self._epoch_seed = (seed, epoch, offset)
 
     def rng(self, index: int) -> np.random.Generator:
-        """The sample's generator (see :meth:`set_epoch`); without one, a per-process stream
+        """The sample's generator (see :meth:`set_epoch_seed`); without one, a per-process stream
         (DataLoader workers get distinct streams, seeded from torch's worker seed)."""
         if self._epoch_seed is not None:
             seed, epoch, offset = self._epoch_seed
@@ -284,10 +287,10 @@ class HMRDataset(torch.utils.data.Dataset):
 
 
 def seed_epoch(dataset: torch.utils.data.Dataset, seed: int, epoch: int, offset: int = 0) -> None:
-    """:meth:`HMRDataset.set_epoch` on every dataset inside ``dataset`` (through ``ConcatDataset``), each
+    """:meth:`HMRDataset.set_epoch_seed` on every dataset inside ``dataset`` (through ``ConcatDataset``), each
     with its global index offset, so that seeding reaches them all however the sets are combined."""
     if isinstance(dataset, HMRDataset):
-        dataset.set_epoch(seed, epoch, offset)
+        dataset.set_epoch_seed(seed, epoch, offset)
     elif isinstance(dataset, torch.utils.data.ConcatDataset):
         for child, start in zip(dataset.datasets, [0, *dataset.cumulative_sizes[:-1]]):
             seed_epoch(child, seed, epoch, offset + start)
