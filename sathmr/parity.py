@@ -34,8 +34,13 @@ BORDERLINE_CONF = 1e-3    # a person this close to the threshold may legitimatel
 
 
 def diff_stats(a, b) -> dict[str, float]:
-    d = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
-    return {"max": float(d.max()) if d.size else 0.0, "mean": float(d.mean()) if d.size else 0.0}
+    """max and mean |a − b|, and ``rel`` = max |a − b| / max |a| (the difference relative to the output's
+    own scale: what "≤ 1e-5 relative" means throughout)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = np.abs(a - b)
+    if not d.size:
+        return {"max": 0.0, "mean": 0.0, "rel": 0.0}
+    return {"max": float(d.max()), "mean": float(d.mean()), "rel": float(d.max() / max(np.abs(a).max(), 1e-30))}
 
 
 def xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -99,9 +104,10 @@ class ParityReport:
     def worst(self, section: str) -> dict[str, dict[str, float]]:
         """Per output: max of the per-image max, mean of the per-image means."""
         keys = {k for im in self.images for k in getattr(im, section)}
-        return {k: {"max": max(getattr(im, section)[k]["max"] for im in self.images if k in getattr(im, section)),
-                    "mean": float(np.mean([getattr(im, section)[k]["mean"] for im in self.images
-                                           if k in getattr(im, section)]))} for k in sorted(keys)}
+        def per(k: str, stat: str) -> list[float]:
+            return [getattr(im, section)[k][stat] for im in self.images if k in getattr(im, section)]
+        return {k: {"max": max(per(k, "max")), "mean": float(np.mean(per(k, "mean"))), "rel": max(per(k, "rel"))}
+                for k in sorted(keys)}
 
     def to_json(self) -> dict:
         return {"a": self.a, "b": self.b, "threshold": self.threshold, "tol_mm": self.tol_mm, "passed": self.passed,
@@ -112,8 +118,8 @@ class ParityReport:
         lines = [f"parity {self.a} vs {self.b}: {len(self.images)} image(s), threshold {self.threshold:g}, "
                  f"tolerance {self.tol_mm:g} mm -> {'PASS' if self.passed else 'FAIL'}"]
         for sec in ("network", "decoded"):
-            lines.append(f"  {sec} outputs (max / mean |a-b|):")
-            lines += [f"    {k:16s} {v['max']:.3e} / {v['mean']:.3e}" for k, v in self.worst(sec).items()]
+            lines.append(f"  {sec} outputs (max / mean |a-b|, max relative to max |a|):")
+            lines += [f"    {k:16s} {v['max']:.3e} / {v['mean']:.3e}  rel {v['rel']:.2e}" for k, v in self.worst(sec).items()]
         for im in self.images:
             flag = "ok" if im.passed(self.tol_mm) else "FAIL"
             lines.append(

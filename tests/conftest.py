@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
+from sathmr.export.meta import Artifact
+from sathmr.export.onnx import export_from_checkpoint
+from sathmr.model.checkpoint import save_checkpoint
 from sathmr.weights import synthetic_smpl_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +51,21 @@ def embedded(tmp_path_factory):
         mp.setenv("SATHMR_WEIGHTS", str(tmp_path_factory.mktemp("no_weights")))
         mp.setenv("SATHMR_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_random(smpl_tiny):
+    """The tiny architecture with the benchmark's random, spread weights (every token level occurs)."""
+    return random_network("tiny", smpl_tiny, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_random, tmp_path_factory) -> Path:
+    return save_checkpoint(tiny_random, tmp_path_factory.mktemp("tiny_ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_ckpt, smpl_tiny, tmp_path_factory) -> Artifact:
+    """`sathmr export`'s default (two-stage) of ``tiny_ckpt``, made once for the whole session."""
+    return export_from_checkpoint(tmp_path_factory.mktemp("tiny_export") / "tiny_onnx", checkpoint=tiny_ckpt,
+                                  smpl_dir=smpl_tiny)[0]

@@ -40,9 +40,12 @@ class TwoStage:
         B, hc, wc, _ = scale_map.shape
         return self.selector(scale_map, cell_mask(img_hw.to(scale_map.device), hc, wc, self.cfg.pad_multiple))
 
-    def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, images: torch.Tensor, img_hw: torch.Tensor,
+            scale_map_override: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``scale_map_override`` selects the tokens from a given (B,Hc,Wc,2) map, as the model's own
+        argument of that name does (forced layouts in tests and benchmarks)."""
         scale_map, stage_a = self.scale_map_stage(images, img_hw)
-        sel = self.select(scale_map, img_hw)
+        sel = self.select(scale_map if scale_map_override is None else scale_map_override, img_hw)
         out = self.tokens_stage(images, stage_a, sel)
         hc, wc = scale_map.shape[1:3]
         return {**{k: out[k] for k in QUERY_OUTPUTS}, "scale_map": scale_map,

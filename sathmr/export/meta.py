@@ -37,6 +37,8 @@ from sathmr.model.tokens import TokenBudget
 FORMAT_TAG = "sathmr-onnx-2"        # -1: the single static graph of sathmr <= 0.1 (refused: re-export)
 DEFAULT_OPSET = 18
 LAYOUTS = ("two-stage", "static")
+#: onnxruntime: with ONNX Runtime's fused operators (the default); portable: standard ONNX operators only
+TARGETS = ("onnxruntime", "portable")
 PRECISIONS = ("fp32", "fp16")
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
 #: graph name → (input names, output names); a two-stage folder holds <name>.onnx / <name>.engine
@@ -88,6 +90,7 @@ class ExportMeta:
     checkpoint_sha256: str | None = None
     opset: int = DEFAULT_OPSET
     precision: str = "fp32"
+    target: str = "onnxruntime"
     export_id: str = ""                          # the same in every file of one export
     sathmr_version: str = __version__
     extra: dict = field(default_factory=dict, compare=False)   # engine build settings (TensorRT)
@@ -95,6 +98,8 @@ class ExportMeta:
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise SathmrError(f"unknown export layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
+        if self.target not in TARGETS:
+            raise SathmrError(f"unknown export target {self.target!r}; choose from {', '.join(TARGETS)}")
         if self.precision not in PRECISIONS:
             raise SathmrError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.layout == "static" and (self.budget is None or not self.budget.is_static or self.canvas_hw is None):
@@ -129,6 +134,7 @@ class ExportMeta:
             "sathmr.checkpoint_sha256": self.checkpoint_sha256 or "",
             "sathmr.opset": str(self.opset),
             "sathmr.precision": self.precision,
+            "sathmr.target": self.target,
             "sathmr.extra": json.dumps(self.extra),
         }
 
@@ -154,6 +160,7 @@ class ExportMeta:
                 checkpoint_sha256=props.get("sathmr.checkpoint_sha256") or None,
                 opset=int(props["sathmr.opset"]),
                 precision=props["sathmr.precision"],
+                target=props["sathmr.target"],
                 export_id=props["sathmr.export_id"],
                 sathmr_version=props.get("sathmr.version", "?"),
                 extra=json.loads(props.get("sathmr.extra", "{}")),

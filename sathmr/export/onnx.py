@@ -29,6 +29,7 @@ from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
 from sathmr.export.graphs import dynamic_shapes, graph_module, sample_inputs
 from sathmr.export.meta import DEFAULT_OPSET, GRAPHS, Artifact, ExportMeta, file_sha256, read_artifact, state_sha256
+from sathmr.export.ort_fusions import TRANSLATIONS, fuse_residuals
 from sathmr.model.sathmr import SATHMR
 from sathmr.model.tokens import TokenBudget, default_budget
 from sathmr.weights import load_network
@@ -75,12 +76,15 @@ def export_graph(model: SATHMR, graph: str, meta: ExportMeta, path: Path, simpli
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape.*")
         program = torch.onnx.export(module, sample_inputs(graph, model, meta), None, input_names=list(inputs),
                                     output_names=list(outputs), opset_version=meta.opset, dynamo=True,
-                                    dynamic_shapes=dynamic_shapes(graph, meta), verbose=False)
+                                    dynamic_shapes=dynamic_shapes(graph, meta), verbose=False,
+                                    custom_translation_table=TRANSLATIONS if meta.target == "onnxruntime" else None)
     program.model.metadata_props.update(meta.to_props(graph))
     external = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     program.save(path, external_data=external)
     if simplify:
         simplify_onnx(path, external)
+    if meta.target == "onnxruntime":
+        fuse_residuals(path, model.cfg)
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -158,13 +162,15 @@ def simplify_onnx(path: Path, external: bool) -> bool:
 def export_network(model: SATHMR, body_model, output: str | Path, checkpoint: str | Path | None = None,
                    static_budget: TokenBudget | None = None, canvas_hw: tuple[int, int] | None = None,
                    batch: int | None = None, opset: int = DEFAULT_OPSET, precision: str = "fp32",
-                   simplify: bool = False, thresholds: Sequence[float] = (0.3,)) -> tuple[Artifact, ExportMeta]:
+                   portable: bool = False, simplify: bool = False,
+                   thresholds: Sequence[float] = (0.3,)) -> tuple[Artifact, ExportMeta]:
     """Fill the metadata of an in-memory network and its body model, and export it (`sathmr export` and
     `sathmr bench` both come here). ``static_budget`` (unset fields take the defaults) selects the
     fixed-budget single graph on ``canvas_hw``; without it the two-stage export is written."""
     cfg = model.cfg
     common = dict(cfg=cfg, batch=batch, max_batch=batch or MAX_BATCH, thresholds=tuple(thresholds),
                   body_fingerprint=body_model.fingerprint, opset=opset, precision=precision,
+                  target="portable" if portable else "onnxruntime",
                   checkpoint_sha256=file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file()
                   else state_sha256(model), export_id=uuid.uuid4().hex)
     if static_budget is None:
