@@ -63,7 +63,8 @@ def measure(predictor: Predictor, inputs: Path, out: Path, threaded: bool, overl
     n = s.processed + s.frames
     return {"frames": n, "wall_s": round(wall, 2), "fps": round(n / wall, 2),
             "network_ms": round(1000 * s.pipeline.network_s / n, 1), "busy": round(s.pipeline.busy, 3),
-            "busy_with_decoding": round(s.pipeline.batch_s / wall, 3), "failed": len(s.failed)}
+            "busy_with_decoding": round(s.pipeline.batch_s / wall, 3), "cores_used": round(s.pipeline.cpu_s / wall, 2),
+            "failed": len(s.failed)}
 
 
 def sat644_predictor() -> Predictor:
@@ -126,13 +127,14 @@ def main() -> None:
     load.append(os.getloadavg()[0])
     print(f"\n{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {platform.platform()}; "
           f"1-minute load average {load[0]:.2f} at the start, {load[1]:.2f} at the end; median of {args.repeats}\n")
-    print("| model | torch threads | input | outputs | serial frames/s | pipelined frames/s | gain | "
-          "network busy serial | network busy pipelined |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | torch threads | input | outputs | frames/s serial | frames/s pipelined | gain | "
+          "network busy serial | pipelined | network ms/frame serial | pipelined | cores used serial | pipelined |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['threads']} | {r['input']} | {r['outputs']} | {r['serial']['fps']} | "
-              f"{r['pipelined']['fps']} | {r['gain']}x | {100 * r['serial']['busy']:.0f} % | "
-              f"{100 * r['pipelined']['busy']:.0f} % |")
+        a, b = r["serial"], r["pipelined"]
+        print(f"| {r['model']} | {r['threads']} | {r['input']} | {r['outputs']} | {a['fps']} | {b['fps']} | "
+              f"{r['gain']}x | {100 * a['busy']:.0f} % | {100 * b['busy']:.0f} % | {a['network_ms']} | "
+              f"{b['network_ms']} | {a['cores_used']} | {b['cores_used']} |")
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "load": load, "rows": rows}, indent=1))
 

@@ -8,7 +8,10 @@ starts", or an input that failed), which passes to ``consume`` in its place in t
 are bounded, so memory stays flat and a slow writer slows the reader down. With ``threaded=False`` the
 same stages run in turn in the caller's thread (today's serial loop, the benchmark's baseline).
 
-The network runs in the caller's thread (CUDA contexts and signal handling stay there). Exceptions from
+The network runs in the caller's thread (CUDA contexts and signal handling stay there). The threads
+share the GIL: a network of a few large ops (SAT-HMR at full size) hardly notices, while one of many
+tiny ops (the embedded 448-px default) is slowed down by whatever Python code the other threads run
+(see README, Performance of the pipeline). Exceptions from
 either thread stop the others and are re-raised in the caller with their traceback; a stop of the
 input is the event source's business (it ends its iterator), so whatever was read is still written.
 """
@@ -29,6 +32,10 @@ from sathmr.postprocess import ImageResult
 from sathmr.preprocess import Prepared
 
 _END = object()
+# The network thread gives up the GIL around every tensor op and must win it back from the reader and
+# writer; Python's default 5 ms switch interval makes an op-heavy small network wait up to that long
+# each time. 1 ms halves the slowdown of the tiny model next to a busy Python thread (measured).
+SWITCH_INTERVAL_S = 0.001
 
 
 @dataclass
@@ -59,6 +66,7 @@ class PipelineStats:
     batch_s: float = 0.0          # run_batch: network + decoding (SMPL, projection, thresholds)
     images: int = 0
     threaded: bool = True
+    cpu_s: float = 0.0            # CPU time of the whole process meanwhile (all threads)
 
     @property
     def busy(self) -> float:
@@ -69,7 +77,8 @@ class PipelineStats:
         mode = "pipelined" if self.threaded else "serial"
         return (f"{self.images} image(s) in {self.wall_s:.1f} s ({mode}, {self.images / max(self.wall_s, 1e-9):.2f}/s): "
                 f"network busy {100 * self.busy:.0f} % of the wall time "
-                f"({100 * self.batch_s / max(self.wall_s, 1e-9):.0f} % with decoding)")
+                f"({100 * self.batch_s / max(self.wall_s, 1e-9):.0f} % with decoding), "
+                f"{self.cpu_s / max(self.wall_s, 1e-9):.1f} cores used")
 
 
 @dataclass
@@ -112,10 +121,10 @@ def run_pipeline(events: Iterable, predictor: Predictor, consume: Callable[[Any,
     """
     stats = PipelineStats(threaded=threaded)
     depth = depth or 2 * batch_size + 2
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if not threaded:
         _network_loop(iter(events), predictor, consume, batch_size, stats)
-        stats.wall_s = time.perf_counter() - t0
+        stats.wall_s, stats.cpu_s = time.perf_counter() - t0, time.process_time() - c0
         return stats
     shared = _Shared()
     q_in: queue.Queue = queue.Queue(maxsize=depth)
@@ -150,6 +159,8 @@ def run_pipeline(events: Iterable, predictor: Predictor, consume: Callable[[Any,
 
     threads = [threading.Thread(target=reader, name="sathmr-reader", daemon=True),
                threading.Thread(target=writer, name="sathmr-writer", daemon=True)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
     for t in threads:
         t.start()
 
@@ -176,7 +187,8 @@ def run_pipeline(events: Iterable, predictor: Predictor, consume: Callable[[Any,
         shared.abort.set()          # on any way out, no thread keeps waiting on the others
         for t in threads:
             t.join(timeout=10)
-    stats.wall_s = time.perf_counter() - t0
+        sys.setswitchinterval(switch)
+    stats.wall_s, stats.cpu_s = time.perf_counter() - t0, time.process_time() - c0
     return stats
 
 

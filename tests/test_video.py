@@ -112,7 +112,7 @@ def test_clip_gives_an_overlay_video_and_stable_tracks(tmp_path, clip, embedded)
 def test_per_frame_files_limits_and_no_smoothing(tmp_path, clip, embedded):
     out = tmp_path / "out"
     res = run(["-i", str(clip), "-o", str(out), "--per-frame", "--duration", "0.3", "--no-smooth", "-t", "0.3",
-               "-t", "0.5"])
+               "-t", "0.5", "--save-mesh", "glb"])
     assert res.exit_code == 0, res.output
     t03 = out / "thresh_0.3"
     assert sorted(p.name for p in t03.glob("clip_0*.json")) == [f"clip_{i:06d}.json" for i in range(3)]
@@ -123,6 +123,8 @@ def test_per_frame_files_limits_and_no_smoothing(tmp_path, clip, embedded):
     frame = json.loads((t03 / "clip_000002.json").read_text())
     in_tracks = {t["id"] for t in tracks["tracks"] if 2 in t["frames"]}
     assert {p["track_id"] for p in frame["people"]} == in_tracks
+    glb = (t03 / "clip_000002.glb").read_bytes()       # per-frame meshes, named by track
+    assert all(f"_track_{i}_".encode() in glb for i in in_tracks)
     assert (out / "thresh_0.5" / "clip_tracks.json").is_file()
     res = run(["-i", str(clip), "-o", str(tmp_path / "o2"), "--max-frames", "5", "--no-overlay"])
     assert json.loads((tmp_path / "o2" / "thresh_0.3" / "clip_tracks.json").read_text())["num_frames"] == 5

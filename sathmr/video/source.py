@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import urlparse
@@ -132,10 +132,13 @@ class FrameReader:
         """Every frame in order, unreadable ones as frames with ``error``, until the source or a limit ends."""
         stop = stop or threading.Event()
         raw = self._live(stop) if self.src.live else self._sequential(stop)
-        for frame in raw:
-            if limits.reached(frame) or stop.is_set():
-                break
-            yield frame
+        try:
+            for frame in raw:
+                if limits.reached(frame) or stop.is_set():
+                    break
+                yield frame
+        finally:
+            raw.close()          # a live source's drain thread ends with it
 
     # ------------------------------------------------------------------ reading
     def _read(self) -> np.ndarray | None:

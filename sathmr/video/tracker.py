@@ -10,17 +10,20 @@ never takes a detection from an established one, as in DeepSORT's cascade) — o
          + w_pose * min(1, MPJPE(root-relative joints) / pose_norm_m)          body pose, 24 SMPL joints
 
 A pair costing more than ``max_cost`` is not a match, and neither is a pair whose boxes do not overlap
-while their pelvises are more than ``pelvis_norm_m`` apart. Why this and not a ByteTrack/OC-SORT
-package: those trackers see only 2D boxes (and their PyPI builds pull in detector stacks or lap/cython
-wheels), while SAT-HMR gives every person a 3D position and pose, which separate people whose boxes
-cross; the assignment itself is exactly scipy's, so there is nothing of our own to get wrong there.
+while their pelvises are more than ``pelvis_norm_m`` apart. Why this and not a PyPI tracker: the
+ByteTrack/OC-SORT packages (``bytetracker``, ``ocsort``, unmaintained since 2022-23; ``supervision``'s
+ByteTrack) associate 2D boxes only, ``boxmot`` brings a re-identification and detector stack, and
+``norfair`` is built for 2D points; SAT-HMR gives every person a 3D position and pose, which separate
+people whose boxes cross. The assignment itself is scipy's, so there is nothing of our own to get
+wrong there, and what is ours (the cost, the rules below) is small and tested.
 
 Rules:
 * **duplicates**: SAT-HMR has no NMS, so one person can come twice; a detection that overlaps (box IoU
   ``dup_iou`` or more) a detection matched to a confirmed track is that person again: it neither
   matches a tentative track nor starts one (likewise for detections matched to tentative tracks).
-* **birth**: an unmatched detection that is not a duplicate starts a *tentative* track. A tentative track is *confirmed*, and gets the next integer id (1, 2, …), once it has been
-  matched ``min_hits`` times in a row; in the first ``min_hits`` frames of a stream every new track is
+* **birth**: an unmatched detection that is not a duplicate starts a *tentative* track. A tentative
+  track is *confirmed*, and gets the next integer id (1, 2, …), once it has been matched ``min_hits``
+  times in a row; in the first ``min_hits`` frames of a stream every new track is
   confirmed at once (nothing earlier could have confirmed it), as in SORT.
 * **death**: a tentative track dies at its first miss; a confirmed one survives ``max_missed`` frames
   without a match (keeping its id, predicted forward) and dies after that.
