@@ -75,7 +75,7 @@ class PipelineStats:
 
     def report(self) -> str:
         mode = "pipelined" if self.threaded else "serial"
-        return (f"{self.images} image(s) in {self.wall_s:.1f} s ({mode}, {self.images / max(self.wall_s, 1e-9):.2f}/s): "
+        return (f"{self.images} frame(s) in {self.wall_s:.1f} s ({mode}, {self.images / max(self.wall_s, 1e-9):.2f}/s): "
                 f"network busy {100 * self.busy:.0f} % of the wall time "
                 f"({100 * self.batch_s / max(self.wall_s, 1e-9):.0f} % with decoding), "
                 f"{self.cpu_s / max(self.wall_s, 1e-9):.1f} cores used")
