@@ -1,25 +1,40 @@
-"""`sathmr infer`: images, folders or videos → overlays, per-person JSON, meshes and raw outputs."""
+"""`sathmr infer`: images, folders, videos or streams → overlays, per-person JSON, meshes and raw outputs.
+
+Images are written one by one (:func:`write_result`); each video is one unit that ends in an overlay
+video and a tracks file (:mod:`sathmr.video`). Decoding runs ahead of the network and writing behind it
+(:mod:`sathmr.pipeline`).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from sathmr.api import Predictor, load_predictor
 from sathmr.backends import BACKENDS
 from sathmr.distributed import ProcessGroup, start
 from sathmr.errors import SathmrError
-from sathmr.io import InputItem, ensure_writable, iter_inputs, write_json, write_npz, write_png
+from sathmr.io import VideoSource, ensure_writable, iter_inputs, write_json, write_npz, write_png
 from sathmr.meshes import write_meshes
+from sathmr.pipeline import Failed, PipelineStats, Skipped, Work, run_pipeline, stop_on_sigint
 from sathmr.postprocess import ImageResult
-from sathmr.preprocess import DEFAULT_MAX_PIXELS, Prepared
-from sathmr.render import overlay_mosaic
+from sathmr.preprocess import DEFAULT_MAX_PIXELS
+from sathmr.render import result_mosaic
+from sathmr.render_raster import index_colors
 from sathmr.smpl_params import write_smpl_params
+from sathmr.video.run import VideoOutputs, video_events
+from sathmr.video.sink import VideoOptions
+from sathmr.video.smoothing import SmoothConfig
+from sathmr.video.source import FrameLimits
+from sathmr.video.tracker import TrackerConfig
+from sathmr.video.udp import parse_udp_url
 
 
 @dataclass
@@ -51,7 +66,10 @@ class OutputPlan:
         return sorted({*self.root.glob("thresh_*"), *(self.tdir(t) for t in self.thresholds), self.root / "raw"})
 
 
-def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Predictor) -> None:
+def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Predictor,
+                 track_ids: dict[float, list[int]] | None = None) -> None:
+    """One image's files; ``track_ids`` (per threshold, one per person: a video frame) colour and label
+    people by track and add ``track_id`` to their JSON."""
     cfg = predictor.cfg
     faces = predictor.body_model.faces
     if plan.raw:
@@ -59,17 +77,14 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
                   {**res.raw, "scale_map": res.scale_map, "tok_yx": res.tok_yx, "tok_lvl": res.tok_lvl})
     for t in plan.thresholds:
         people = res.people[t]
+        ids = track_ids[t] if track_ids is not None else None
         verts = [p.vertices for p in people]
         if plan.overlay:
-            boxes = np.array([p.box for p in people], dtype=np.float32).reshape(-1, 4) * res.scale
-            img = overlay_mosaic(
-                res.resized_bgr, boxes, np.array([p.score for p in people]),
-                np.array(verts).reshape(len(people), -1, 3) if people else np.zeros((0, 0, 3)), faces, res.intrinsics,
-                res.scale_map, cfg.conf_thresh, res.tok_yx, res.tok_lvl, cfg.patch_size)
-            write_png(plan.tdir(t) / f"{res.name}.png", img)
+            write_png(plan.tdir(t) / f"{res.name}.png", result_mosaic(res, people, faces, cfg.conf_thresh,
+                                                                      cfg.patch_size, ids))
         if plan.mesh:
             write_meshes(plan.tdir(t) / f"{res.name}.{plan.mesh}", verts, faces, res.intrinsics, res.img_hw,
-                         [p.score for p in people])
+                         [p.score for p in people], None if ids is None else index_colors(ids)[:, ::-1], ids)
         if plan.smpl:
             write_smpl_params(plan.tdir(t) / f"{res.name}_smpl.npz", people, res.intrinsics, res.orig_hw,
                               res.img_hw, res.scale)
@@ -79,18 +94,23 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
             "camera": {"focal_px_resized": cfg.focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
                        "note": "3D outputs are in the camera frame of the resized image; divide pixel "
                                "quantities by resize_rate for the original image (boxes and joints2d already are)"},
-            "tokens": res.tokens.to_json(), "num_people": len(people), "people": [p.to_json() for p in people],
+            "tokens": res.tokens.to_json(), "num_people": len(people),
+            "people": [p.to_json() if ids is None else {"track_id": i, **p.to_json()} for i, p in zip(ids or people, people)],
         })
 
 
 @dataclass
 class Summary:
-    processed: int = 0
+    processed: int = 0                 # images
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     people: dict[float, int] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
     network_s: float = 0.0
+    videos: int = 0
+    frames: int = 0
+    interrupted: bool = False
+    pipeline: PipelineStats | None = None
     processes: int = 1
 
     @classmethod
@@ -98,77 +118,102 @@ class Summary:
         """One summary of the shards of several processes (in rank order)."""
         people = {t: sum(p.people.get(t, 0) for p in parts) for t in parts[0].people}
         return cls(sum(p.processed for p in parts), sum(p.skipped for p in parts), [f for p in parts for f in p.failed],
-                   people, [n for p in parts for n in p.tokens], sum(p.network_s for p in parts), len(parts))
+                   people, [n for p in parts for n in p.tokens], sum(p.network_s for p in parts),
+                   sum(p.videos for p in parts), sum(p.frames for p in parts), any(p.interrupted for p in parts),
+                   parts[0].pipeline if len(parts) == 1 else None, len(parts))
 
     def report(self, seconds: float) -> str:
-        lines = [f"processed {self.processed} image(s), skipped {self.skipped} already done, failed {len(self.failed)}",
+        videos = f" and {self.videos} video(s) ({self.frames} frames)" if self.videos else ""
+        lines = [f"processed {self.processed} image(s){videos}, skipped {self.skipped} already done, "
+                 f"failed {len(self.failed)}" + (" (interrupted: outputs so far are complete)" if self.interrupted else ""),
                  f"  processes: {self.processes}"]
         for t, n in sorted(self.people.items()):
             lines.append(f"  threshold {t:g}: {n} people")
         if self.tokens:
             lines.append(f"  tokens per image: mean {np.mean(self.tokens):.0f} (min {min(self.tokens)}, max {max(self.tokens)})")
-        if self.processed:
-            net = self.network_s / self.processed
+        if self.processed + self.frames:
+            net = self.network_s / (self.processed + self.frames)
             lines.append(f"  time: {seconds:.1f} s total, network {net * 1000:.0f} ms/image")
+        if self.pipeline is not None and self.pipeline.images:
+            lines.append(f"  pipeline: {self.pipeline.report()}")
         lines += [f"  failed: {f}" for f in self.failed]
         return "\n".join(lines)
 
 
-def input_unit(item: InputItem) -> str:
-    """The file an item comes from: the frames of one video (sources ``<file>#frame<i>``) are one unit."""
-    return item.source.partition("#frame")[0]
-
-
 def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_size: int = 1,
               overwrite: bool = False, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-              group: ProcessGroup = ProcessGroup()) -> Summary:
-    """Every input (of this process's share, see :meth:`ProcessGroup.shard`) through the predictor; a bad
-    input is reported, listed in the summary and skipped. Returns this process's summary."""
-    summary = Summary(people={t: 0 for t in plan.thresholds})
-    pending: list[tuple[InputItem, Prepared]] = []
+              video: VideoOptions | None = None, threaded: bool = True,
+              stop: threading.Event | None = None, group: ProcessGroup = ProcessGroup()) -> Summary:
+    """Every input unit of this process's share (an image, or a whole video: :meth:`ProcessGroup.shard`)
+    through the predictor; a bad input is reported, listed in the summary and skipped.
 
-    def flush() -> None:
-        if not pending:
-            return
-        out = predictor.run_batch([p for _, p in pending], [it.name for it, _ in pending])
-        summary.network_s += out.times["network"]
-        for (item, _), res in zip(pending, out.results):
-            write_result(plan, res, item.source, predictor)
-            summary.processed += 1
+    Videos and streams go to :mod:`sathmr.video` (``video`` holds their options). ``stop`` (set by the
+    first Ctrl-C) ends the inputs; what was read is still written. ``threaded=False`` runs the same
+    stages in turn in this thread (the serial baseline of the benchmarks).
+    """
+    summary = Summary(people={t: 0 for t in plan.thresholds})
+    video = video or VideoOptions()
+    stop = stop or threading.Event()
+    bar = tqdm(desc="infer", unit="frame", disable=not progress)
+
+    def events():
+        # outputs are never read back as input, even when the output folder lies inside the input tree
+        for unit in group.shard(iter_inputs(inputs, exclude=plan.written_dirs(), max_pixels=max_pixels)):
+            if stop.is_set():
+                return
+            if isinstance(unit, VideoSource):
+                yield from video_events(unit, predictor.prepare, plan, plan.thresholds, video, stop, overwrite,
+                                        plan.overlay)
+            elif unit.error:
+                yield Failed(unit.source, unit.error)
+            elif not overwrite and plan.done(unit.name):
+                yield Skipped(unit.source)
+            else:
+                try:
+                    yield Work(unit, predictor.prepare(unit.load()), unit.name)
+                except SathmrError as exc:
+                    yield Failed(unit.source, str(exc))
+
+    def fail(message: str) -> None:
+        summary.failed.append(message)
+        bar.write(f"skipped {message}")
+
+    frame_plan = replace(plan, overlay=plan.overlay and video.per_frame)
+    per_frame = video.per_frame or plan.mesh or plan.smpl or plan.raw
+    videos = VideoOutputs(plan, plan.thresholds, predictor, video, plan.overlay, fail,
+                          (lambda res, src, ids: write_result(frame_plan, res, src, predictor, ids)) if per_frame else None)
+
+    def consume(ev, res: ImageResult | None) -> None:
+        if res is not None:
             summary.tokens.append(res.tokens.total)
             for t in plan.thresholds:
                 summary.people[t] += len(res.people[t])
-        pending.clear()
-
-    def fail(item: InputItem, message: str) -> None:
-        summary.failed.append(f"{item.source}: {message}")
-        bar.write(f"skipped {item.source}: {message}")
-
-    # outputs are never read back as input, even when the output folder lies inside the input tree
-    listing = iter_inputs(inputs, exclude=plan.written_dirs(), max_pixels=max_pixels)
-    bar = tqdm(group.shard(listing, key=input_unit), desc="infer", unit="img", disable=not progress)
-    for item in bar:
-        if item.error:
-            fail(item, item.error)
-            continue
-        if not overwrite and plan.done(item.name):
+            bar.update(1)
+        if videos.handle(ev, res):
+            return
+        if isinstance(ev, Failed):
+            fail(f"{ev.source}: {ev.message}")
+        elif isinstance(ev, Skipped):
             summary.skipped += 1
-            continue
-        try:
-            prepared = predictor.prepare(item.load())
-        except SathmrError as exc:
-            fail(item, str(exc))
-            continue
-        pending.append((item, prepared))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+        else:
+            write_result(plan, res, ev.source, predictor)
+            summary.processed += 1
+
+    try:
+        with stop_on_sigint(stop, bar.write):
+            summary.pipeline = run_pipeline(events(), predictor, consume, batch_size, threaded)
+    finally:
+        videos.close()
+        bar.close()
+    summary.network_s = summary.pipeline.network_s
+    summary.videos, summary.frames, summary.interrupted = videos.videos, videos.frames, stop.is_set()
     return summary
 
 
 @click.command("infer")
 @click.option("--input", "-i", "inputs", required=True, help="Image, video, folder (recursive), glob pattern in quotes "
-              "('photos/**/*.jpg') or a .txt/.lst file listing paths, one per line.")
+              "('photos/**/*.jpg'), a .txt/.lst file listing paths, one per line, a webcam index (0) or a stream URL "
+              "(rtsp://..., http://...).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
@@ -181,15 +226,43 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 @click.option("--save-mesh", type=click.Choice(["obj", "glb"]), is_flag=False, flag_value="obj", default=None, help="Write meshes per image (default format obj).")
 @click.option("--save-smpl", is_flag=True, help="Write <name>_smpl.npz per image and threshold: SMPL parameters smplx loads as they are.")
 @click.option("--save-raw", is_flag=True, help="Write every query's raw outputs and the exact network input (.npz).")
-@click.option("--no-overlay", is_flag=True, help="Skip the overlay PNGs.")
+@click.option("--no-overlay", is_flag=True, help="Skip the overlay PNGs (and the overlay videos).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images with more pixels than this (checked in the file header, before decoding).")
+@click.option("--per-frame", is_flag=True, help="Videos: also write every frame's PNG and JSON (as for images).")
+@click.option("--no-smooth", is_flag=True, help="Videos: no temporal smoothing (One-Euro) of the tracked people.")
+@click.option("--smooth-min-cutoff", type=float, default=SmoothConfig.min_cutoff, show_default=True,
+              help="One-Euro cutoff in Hz of a still pose (lower: smoother, more lag).")
+@click.option("--smooth-beta", type=float, default=SmoothConfig.beta, show_default=True,
+              help="One-Euro speed coefficient (higher: less lag in fast motion).")
+@click.option("--track-max-missed", type=click.IntRange(min=0), default=TrackerConfig.max_missed, show_default=True,
+              help="Frames a track survives without a detection before its id is retired.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Videos and streams: read at most this many frames.")
+@click.option("--duration", type=float, default=None, help="Videos and streams: read at most this many seconds "
+              "(of video; of wall time for live sources).")
+@click.option("--live/--no-live", default=None, help="Drop stale frames to keep up with the source "
+              "(default: on for webcams and rtsp/rtmp/udp/srt/tcp streams, off for files and http).")
+@click.option("--stream", "stream_url", default=None, metavar="udp://HOST:PORT",
+              help="Publish one JSON message per video frame (track ids, SMPL parameters, joints) over UDP.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="PyTorch intra-op threads for the network (default: PyTorch's, one per core).")
+@click.option("--no-pipeline", is_flag=True, help="Decode, run and write in turn in one thread (for comparison).")
 def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
-                  save_mesh, save_smpl, save_raw, no_overlay, overwrite, max_pixels):
-    """Detect people and estimate their SMPL meshes (several processes: `torchrun --nproc-per-node N -m sathmr infer`)."""
+                  save_mesh, save_smpl, save_raw, no_overlay, overwrite, max_pixels, per_frame, no_smooth,
+                  smooth_min_cutoff, smooth_beta, track_max_missed, max_frames, duration, live, stream_url, threads,
+                  no_pipeline):
+    """Detect people and estimate their SMPL meshes; track and smooth them in videos (several processes:
+    `torchrun --nproc-per-node N -m sathmr infer ...`)."""
     if batch_size < 1:
         raise SathmrError("--batch-size must be >= 1")
+    video = VideoOptions(tracker=TrackerConfig(max_missed=track_max_missed),
+                         smooth=None if no_smooth else SmoothConfig(smooth_min_cutoff, smooth_beta),
+                         per_frame=per_frame, limits=FrameLimits(max_frames, duration), stream=stream_url, live=live)
+    if stream_url:
+        parse_udp_url(stream_url)
+    if threads:
+        torch.set_num_threads(threads)
     group = start(device)
     ensure_writable(Path(output))
     predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config,
@@ -198,10 +271,12 @@ def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_
     plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw,
                       smpl=save_smpl)
     t0 = time.perf_counter()
-    summary = run_infer(predictor, inputs, plan, batch_size, overwrite, progress=group.is_main,
-                        max_pixels=max_pixels, group=group)
+    summary = run_infer(predictor, inputs, plan, batch_size, overwrite, progress=group.is_main, max_pixels=max_pixels,
+                        video=video, threaded=not no_pipeline, group=group)
     summary = Summary.merge(group.gather(summary))
     group.echo(summary.report(time.perf_counter() - t0))
     group.echo(f"outputs in {plan.root}")
-    if summary.failed and not summary.processed and not summary.skipped:
+    if summary.interrupted:
+        raise SystemExit(130)
+    if summary.failed and not (summary.processed or summary.skipped or summary.frames):
         raise SystemExit(1)

@@ -1,4 +1,4 @@
-"""Inputs (images, folders, videos) and outputs (written atomically, so a crash never leaves half a file)."""
+"""Inputs (images, folders, videos, streams) and outputs (written atomically, so a crash never leaves half a file)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import numpy as np
 from sathmr.errors import SathmrError
 from sathmr.input_files import find_inputs
 from sathmr.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+from sathmr.video.source import VIDEO_SUFFIXES, FrameReader, VideoSource, is_video_file, source_from_spec
 
 
 @dataclass
@@ -29,49 +28,51 @@ class InputItem:
 
 
 def iter_inputs(spec: str | Path, exclude: Iterable[str | Path] = (),
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[InputItem]:
-    """Every image and video frame that ``spec`` names: an image, a video (every frame), a folder tree,
-    a glob pattern or a ``.txt``/``.lst`` list of paths (see :mod:`sathmr.input_files`).
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[InputItem | VideoSource]:
+    """The input units ``spec`` names: an image, a video, a webcam index (``0``), a stream URL
+    (``rtsp://…``, ``http://…``), a folder tree, a glob pattern or a ``.txt``/``.lst`` list of paths (see
+    :mod:`sathmr.input_files`). Images are :class:`InputItem`; each video or stream is one
+    :class:`~sathmr.video.source.VideoSource` unit, read frame by frame by whoever processes it.
 
-    Problems (unreadable folders, symlink loops, missing listed files, videos that do not open) come as
-    items with ``error`` set, in their place in the order, so that a run reports them and carries on.
+    Problems (unreadable folders, symlink loops, missing listed files) come as items with ``error`` set,
+    in their place in the order, so that a run reports them and carries on.
     """
+    live = source_from_spec(str(spec))
+    if live is not None:
+        yield live
+        return
     for f in find_inputs(spec, IMAGE_SUFFIXES + VIDEO_SUFFIXES, exclude):
         if f.error:
             yield _failed(f.name, str(f.path), f.error)
-        elif f.path.suffix.lower() in VIDEO_SUFFIXES:
-            try:
-                yield from iter_video(f.path, f.name)
-            except SathmrError as exc:
-                yield _failed(f.name, str(f.path), str(exc))
+        elif is_video_file(f.path):
+            yield VideoSource(f.name, str(f.path), "file")
         else:
             yield InputItem(f.name, str(f.path), lambda p=f.path: read_image(p, max_pixels))
+
+
+def iter_images(spec: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[InputItem]:
+    """Like :func:`iter_inputs`, with every video frame as an image ``<name>_<frame:06d>`` (for tools
+    that compare or time single images: parity, bench)."""
+    for unit in iter_inputs(spec, max_pixels=max_pixels):
+        if not isinstance(unit, VideoSource):
+            yield unit
+            continue
+        try:
+            with FrameReader(unit) as reader:
+                for fr in reader.frames():
+                    source = f"{unit.source}#frame{fr.index}"
+                    if fr.error:
+                        yield _failed(f"{unit.name}_{fr.index:06d}", source, fr.error)
+                    else:
+                        yield InputItem(f"{unit.name}_{fr.index:06d}", source, lambda img=fr.image: img)
+        except SathmrError as exc:
+            yield _failed(unit.name, unit.source, str(exc))
 
 
 def _failed(name: str, source: str, error: str) -> InputItem:
     def load() -> np.ndarray:
         raise SathmrError(error)
     return InputItem(name, source, load, error)
-
-
-def iter_video(path: Path, name: str | None = None) -> Iterator[InputItem]:
-    """Every frame of a video, named ``<name>_<frame:06d>`` (``name`` defaults to the file stem)."""
-    name = path.stem if name is None else name
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise SathmrError(f"cannot open video: {path}")
-    i = 0
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            yield InputItem(f"{name}_{i:06d}", f"{path}#frame{i}", lambda frame=frame: frame)
-            i += 1
-    finally:
-        cap.release()
-    if i == 0:
-        raise SathmrError(f"no frames could be read from video: {path}")
 
 
 def ensure_writable(folder: Path) -> None:

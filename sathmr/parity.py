@@ -24,7 +24,8 @@ from scipy.optimize import linear_sum_assignment
 from sathmr.api import Predictor, load_body_for
 from sathmr.backends import BACKENDS, load_backend
 from sathmr.errors import SathmrError
-from sathmr.io import iter_inputs, write_json
+from sathmr.io import iter_images, write_json
+from sathmr.postprocess import box_iou
 from sathmr.preprocess import Prepared
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
@@ -47,16 +48,6 @@ def xyxy(boxes: np.ndarray) -> np.ndarray:
     """(..., 4) cxcywh → xyxy."""
     c, wh = boxes[..., :2], boxes[..., 2:]
     return np.concatenate((c - wh / 2, c + wh / 2), -1)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N,4), (M,4) xyxy → (N,M) IoU."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return inter / np.maximum(union, 1e-12)
 
 
 def token_set(net: dict) -> set[tuple[int, int, int]]:
@@ -192,7 +183,7 @@ def parity_command(name_a, name_b, model_path, checkpoint, config, smpl_dir, inp
     body = load_body_for(backends, smpl_dir, device)
     pa, pb = (Predictor(be, body, (threshold,)) for be in backends)
     items, names = [], []
-    for it in iter_inputs(inputs):
+    for it in iter_images(inputs):
         items.append(pa.prepare(it.load()))
         names.append(it.name)
     report = compare_backends(pa, pb, items, names, threshold, tol_mm)

@@ -145,6 +145,16 @@ class ImageResult:
     resized_bgr: np.ndarray | None = None          # h x w x 3 uint8, for overlays
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4), (M, 4) x0 y0 x1 y1 → (N, M) intersection over union (0 where both boxes are empty)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return inter / np.maximum(union, 1e-12)
+
+
 def select_people(decoded: dict[str, np.ndarray], i: int, threshold: float, scale: float,
                   with_verts: bool = True) -> list[Person]:
     """Queries of image ``i`` with confidence > threshold (strict, no NMS), in original pixels."""

@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 
 from sathmr.errors import SathmrError
-from sathmr.render_raster import person_colors, render_meshes
+from sathmr.postprocess import ImageResult, Person
+from sathmr.render_raster import index_colors, person_colors, render_meshes
 
-__all__ = ["coolwarm", "overlay_mosaic", "person_colors", "render_meshes"]
+__all__ = ["coolwarm", "overlay_mosaic", "person_colors", "render_meshes", "result_mosaic"]
 
 BOX_COLOR = (255, 0, 255)                                   # BGR
 TOKEN_TINTS = ((173, 178, 241), (239, 198, 175), (255, 255, 255))  # BGR per level 0, 1, 2
@@ -112,14 +113,18 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def draw_boxes(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Boxes in magenta, thickness 2, each with its score written small above its top-left corner."""
+def draw_boxes(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray,
+               labels: Sequence[str] | None = None) -> np.ndarray:
+    """Boxes in magenta, thickness 2, each with its score (or ``labels[i]``, e.g. a track id and the
+    score) written small above its top-left corner."""
     out = image_bgr.copy()
-    for (x1, y1, x2, y2), sc in zip(np.asarray(boxes_xyxy, np.float64), np.asarray(scores, np.float64)):
+    scores = np.asarray(scores, np.float64)
+    labels = [f"{sc:.2f}" for sc in scores] if labels is None else labels
+    for (x1, y1, x2, y2), text in zip(np.asarray(boxes_xyxy, np.float64), labels):
         p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
         cv2.rectangle(out, p1, p2, BOX_COLOR, 2)
         ty = p1[1] - 4 if p1[1] >= 14 else p1[1] + 14
-        cv2.putText(out, f"{sc:.2f}", (p1[0], ty), _FONT, 0.45, BOX_COLOR, 1, cv2.LINE_AA)
+        cv2.putText(out, text, (p1[0], ty), _FONT, 0.45, BOX_COLOR, 1, cv2.LINE_AA)
     return out
 
 
@@ -188,11 +193,14 @@ def _legend(img: np.ndarray, counts: list[int], patch: int) -> None:
 def overlay_mosaic(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray,
                    verts: np.ndarray | Sequence[np.ndarray], faces: np.ndarray, K: np.ndarray,
                    scale_map: np.ndarray, conf_thresh: float, token_yx: np.ndarray,
-                   token_lvl: np.ndarray, patch: int) -> np.ndarray:
+                   token_lvl: np.ndarray, patch: int, colors: np.ndarray | None = None,
+                   labels: Sequence[str] | None = None) -> np.ndarray:
     """The official demo's 2x2 mosaic, (2h, 2w, 3) BGR uint8.
 
     Top-left boxes and scores, top-right meshes, bottom-left scale map (level-1 cells of 2*patch px),
     bottom-right the selected tokens. All inputs are in pixels of the resized image ``image_bgr``.
+    ``colors`` (N, 3) BGR and ``labels`` override the per-rank mesh colours and the score captions
+    (videos colour and label people by track id).
     """
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
@@ -203,7 +211,24 @@ def overlay_mosaic(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, scores: np.nda
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(boxes) != len(scores):
         raise SathmrError(f"{len(boxes)} boxes but {len(scores)} scores")
-    top = np.concatenate([draw_boxes(image_bgr, boxes, scores), render_meshes(image_bgr, verts, faces, K)], 1)
+    if labels is not None and len(labels) != len(scores):
+        raise SathmrError(f"{len(labels)} labels but {len(scores)} scores")
+    top = np.concatenate([draw_boxes(image_bgr, boxes, scores, labels),
+                          render_meshes(image_bgr, verts, faces, K, colors)], 1)
     bottom = np.concatenate([draw_scale_map(image_bgr, scale_map, conf_thresh, 2 * patch),
                              draw_tokens(image_bgr, token_yx, token_lvl, patch)], 1)
     return np.concatenate([top, bottom], 0)
+
+
+def result_mosaic(res: ImageResult, people: Sequence[Person], faces: np.ndarray, conf_thresh: float, patch: int,
+                  track_ids: Sequence[int] | None = None) -> np.ndarray:
+    """The mosaic of one inference result: ``people`` (one threshold's) on the resized image. With
+    ``track_ids`` each person is coloured by its id (:func:`index_colors`) and captioned ``#id score``."""
+    boxes = np.array([p.box for p in people], dtype=np.float32).reshape(-1, 4) * res.scale
+    verts = np.array([p.vertices for p in people]).reshape(len(people), -1, 3) if people else np.zeros((0, 0, 3))
+    colors = labels = None
+    if track_ids is not None:
+        colors = index_colors(np.asarray(track_ids))
+        labels = [f"#{t} {p.score:.2f}" for t, p in zip(track_ids, people)]
+    return overlay_mosaic(res.resized_bgr, boxes, np.array([p.score for p in people]), verts, faces, res.intrinsics,
+                          res.scale_map, conf_thresh, res.tok_yx, res.tok_lvl, patch, colors, labels)

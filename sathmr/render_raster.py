@@ -37,7 +37,16 @@ def person_colors(n: int) -> np.ndarray:
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    i = np.arange(n)
+    return index_colors(np.arange(n))
+
+
+def index_colors(index: np.ndarray) -> np.ndarray:
+    """(n, 3) uint8 BGR colour of each index (``person_colors(k + 1)[k]``), e.g. per track id, so a
+    tracked person keeps its colour from frame to frame whatever its rank."""
+    i = np.asarray(index, dtype=np.int64).reshape(-1)
+    if i.size and i.min() < 0:
+        raise ValueError(f"indices must be >= 0, got {i.min()}")
+    n = len(i)
     hsv = np.empty((1, n, 3), dtype=np.float32)
     hsv[0, :, 0] = ((0.05 + i * _GOLDEN) % 1.0) * 360.0
     hsv[0, :, 1] = 0.3

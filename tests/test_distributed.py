@@ -84,14 +84,14 @@ def test_shards_cover_every_unit_once_and_keep_groups_together(world):
 
 
 def test_infer_listing_keeps_a_video_in_one_process(tmp_path):
-    from sathmr.infer import input_unit
-    from sathmr.io import iter_inputs
+    """The units `sathmr infer` shards are images and whole videos: a video goes to exactly one process."""
+    from sathmr.io import VideoSource, iter_inputs
     make_inputs(tmp_path)
-    shards = [list(ProcessGroup(rank=r, world=2).shard(iter_inputs(tmp_path), key=input_unit)) for r in range(2)]
-    names = [[it.name for it in s] for s in shards]
-    assert sorted(names[0] + names[1]) == sorted(it.name for it in iter_inputs(tmp_path))
-    clip = [r for r, s in enumerate(names) if any(n.startswith("clip_") for n in s)]
-    assert len(clip) == 1 and sum(n.startswith("clip_") for n in names[clip[0]]) == 3
+    shards = [list(ProcessGroup(rank=r, world=2).shard(iter_inputs(tmp_path))) for r in range(2)]
+    sources = [[u.source for u in s] for s in shards]
+    assert sorted(sources[0] + sources[1]) == sorted(u.source for u in iter_inputs(tmp_path))
+    videos = [r for r, s in enumerate(shards) for u in s if isinstance(u, VideoSource)]
+    assert len(videos) == 1
 
 
 def test_start_without_launcher_is_one_process(monkeypatch):
@@ -182,19 +182,21 @@ def test_infer_two_processes_write_what_one_writes_and_resume(tmp_path, embedded
     res = CliRunner().invoke(main, ["infer", "-i", str(imgs), "-o", str(one)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = torchrun(["infer", "-i", imgs, "-o", two]).stdout
-    assert out.count("processed 8 image(s), skipped 0 already done, failed 1") == 1     # one merged summary
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("processed "))
+    assert line == "processed 5 image(s) and 1 video(s) (3 frames), skipped 0 already done, failed 1"
+    assert out.count(line) == 1     # one merged summary, equal to the single process's
     assert "processes: 2" in out and "broken.jpg" in out
     files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
-    assert len([f for f in files if f.suffix == ".json"]) == 8
+    assert len([f for f in files if f.suffix == ".json"]) == 6      # five images and the video's tracks
     for f in files:
         if f.suffix == ".json":
             assert_json_close(json.loads((one / f).read_text()), json.loads((two / f).read_text()), str(f))
     # a crashed shard: its missing outputs are redone, everything else is skipped
     (two / "thresh_0.3" / "r3.json").unlink()
-    (two / "thresh_0.3" / "clip_000001.json").unlink()
+    (two / "thresh_0.3" / "clip_tracks.json").unlink()
     out = torchrun(["infer", "-i", imgs, "-o", two]).stdout
-    assert "processed 2 image(s), skipped 6 already done, failed 1" in out
+    assert "processed 1 image(s) and 1 video(s) (3 frames), skipped 4 already done, failed 1" in out
     assert not list(two.rglob("*.tmp"))
 
 

@@ -153,7 +153,7 @@ def test_full_size_official_layout_on_real_image(tmp_path):
     assert np.isfinite(raw["pred_verts"]).all()
 
 
-def test_video_frames_are_inputs(tmp_path, tiny_ckpt, smpl_tiny):
+def test_a_video_is_one_unit_with_a_tracks_file_and_optional_frame_files(tmp_path, tiny_ckpt, smpl_tiny):
     import cv2
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
@@ -162,10 +162,14 @@ def test_video_frames_are_inputs(tmp_path, tiny_ckpt, smpl_tiny):
         writer.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
     writer.release()
     out = tmp_path / "o"
-    res = run(["infer", "-i", str(video), "-o", str(out), "--checkpoint", str(tiny_ckpt), "--smpl-dir", str(smpl_tiny),
-               "--no-overlay"])
-    assert res.exit_code == 0 and "processed 3 image(s)" in res.output
-    assert sorted(p.name for p in (out / "thresh_0.3").iterdir()) == [f"clip_{i:06d}.json" for i in range(3)]
+    base = ["infer", "-i", str(video), "-o", str(out), "--checkpoint", str(tiny_ckpt), "--smpl-dir", str(smpl_tiny),
+            "--no-overlay"]
+    res = run(base)
+    assert res.exit_code == 0 and "processed 0 image(s) and 1 video(s) (3 frames)" in res.output
+    assert sorted(p.name for p in (out / "thresh_0.3").iterdir()) == ["clip_tracks.json"]
+    res = run(base + ["--per-frame", "--overwrite"])
+    assert sorted(p.name for p in (out / "thresh_0.3").iterdir()) == (
+        [f"clip_{i:06d}.json" for i in range(3)] + ["clip_tracks.json"])
 
 
 def test_demo_runs_on_the_embedded_default(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from sathmr.errors import SathmrError
-from sathmr.io import iter_inputs
+from sathmr.io import iter_images, iter_inputs
+from sathmr.video.source import VideoSource
 from sathmr.preprocess import jpeg_is_complete, read_image
 
 
@@ -57,12 +58,16 @@ def test_folders_recurse_sorted_with_names_that_mirror_paths(tmp_path):
         write(tmp_path / rel, img)
     (tmp_path / "notes.txt").write_text("not an input inside a folder")
     write_video(tmp_path / "sub" / "clip.avi", frames=2)
-    expected = ["a/x", "b/c/y", "b/x", "sub/clip_000000", "sub/clip_000001", "x", "x_png", "z"]
+    expected = ["a/x", "b/c/y", "b/x", "sub/clip", "x", "x_png", "z"]
     assert names(tmp_path) == expected
     assert names(tmp_path) == expected                      # deterministic
     items = {it.name: it for it in iter_inputs(tmp_path)}
     assert items["b/x"].source == str(tmp_path / "b" / "x.jpg") and items["b/x"].load().shape == (40, 60, 3)
-    assert items["sub/clip_000001"].source.endswith("clip.avi#frame1")
+    assert isinstance(items["sub/clip"], VideoSource) and items["sub/clip"].source == str(tmp_path / "sub" / "clip.avi")
+    # tools that take single images (parity, bench) see the frames
+    frames = {it.name: it for it in iter_images(tmp_path)}
+    assert frames["sub/clip_000001"].source.endswith("clip.avi#frame1")
+    assert frames["sub/clip_000001"].load().shape == (48, 64, 3) and "sub/clip" not in frames
     # the output folder is never read back as input, even inside the input tree
     write(tmp_path / "out" / "thresh_0.3" / "a" / "x.png", img)
     assert names(tmp_path, exclude=[tmp_path / "out"]) == expected

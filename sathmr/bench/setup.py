@@ -12,7 +12,7 @@ import torch
 
 from sathmr.body import load_body_model, load_mean_params
 from sathmr.config import get_config
-from sathmr.io import iter_inputs
+from sathmr.io import iter_images
 from sathmr.model import SATHMR, build_model
 from sathmr.weights import load_network, resolve, synthetic_smpl_dir
 
@@ -116,4 +116,4 @@ def synthetic_images(seed: int = 0) -> list[tuple[str, np.ndarray]]:
 
 
 def load_images(images) -> list[tuple[str, np.ndarray]]:
-    return [(it.name, it.load()) for it in iter_inputs(images)]
+    return [(it.name, it.load()) for it in iter_images(images)]
