@@ -20,6 +20,7 @@ from sathmr.body import load_body_model
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
 from sathmr.postprocess import RAW_OUTPUTS, ImageResult, TokenCounts, as_arrays, decode_outputs, select_people
+from sathmr.precision import backend_options as precision_options
 from sathmr.preprocess import Prepared, collate, prepare, read_image
 from sathmr.timing import StageTimer
 from sathmr.weights import resolve
@@ -121,9 +122,15 @@ def load_body_for(backends: Sequence[Backend], smpl_dir=None, device: str = "cpu
 
 def load_predictor(backend: str = "torch", checkpoint=None, smpl_dir=None, config: str | None = None,
                    device: str = "cpu", thresholds: Sequence[float] = (0.3,), model_path=None,
-                   with_verts: bool = True, **backend_options) -> tuple[Predictor, dict]:
-    """Build the backend and the body model; returns the predictor and what was loaded."""
+                   with_verts: bool = True, precision: str | None = None, compile: bool = False,
+                   **backend_options) -> tuple[Predictor, dict]:
+    """Build the backend and the body model; returns the predictor and what was loaded.
+
+    ``precision``: fp32 / bf16 / fp16 for the torch backends (see :mod:`sathmr.precision`; hardware
+    without native kernels is refused unless ``allow_emulated=True``); for ort/trt it must be the exported
+    model's own. ``compile``: torch.compile (torch backends only).
+    """
     be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=smpl_dir,
-                      device=device, **backend_options)
+                      device=device, **precision_options(backend, precision, compile), **backend_options)
     body = load_body_for([be], smpl_dir, device)
     return Predictor(be, body, thresholds, with_verts), be.info

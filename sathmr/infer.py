@@ -25,6 +25,7 @@ from sathmr.io import VideoSource, ensure_writable, iter_inputs, write_json, wri
 from sathmr.meshes import write_meshes
 from sathmr.pipeline import Failed, PipelineStats, Skipped, Work, run_pipeline, stop_on_sigint
 from sathmr.postprocess import ImageResult
+from sathmr.precision import ALL_PRECISIONS
 from sathmr.preprocess import DEFAULT_MAX_PIXELS
 from sathmr.render import result_mosaic
 from sathmr.render_raster import index_colors
@@ -91,6 +92,7 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
         write_json(plan.tdir(t) / f"{res.name}.json", {
             "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),
             "resize_rate": res.scale, "threshold": t, "backend": predictor.backend.name,
+            "precision": predictor.backend.info.get("precision", "fp32"),
             "camera": {"focal_px_resized": cfg.focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
                        "note": "3D outputs are in the camera frame of the resized image; divide pixel "
                                "quantities by resize_rate for the original image (boxes and joints2d already are)"},
@@ -216,6 +218,10 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
               "(rtsp://..., http://...).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
+@click.option("--precision", type=click.Choice(ALL_PRECISIONS), default=None,
+              help="torch: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs) after the token "
+                   "selection; ort/trt: the exported model's own (checked).")
+@click.option("--compile", "compile_", is_flag=True, help="torch backends: torch.compile the network (the first images compile it).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
 @click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
@@ -248,7 +254,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="PyTorch intra-op threads for the network (default: PyTorch's, one per core).")
 @click.option("--no-pipeline", is_flag=True, help="Decode, run and write in turn in one thread (for comparison).")
-def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
+def infer_command(inputs, output, backend, precision, compile_, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
                   save_mesh, save_smpl, save_raw, no_overlay, overwrite, max_pixels, per_frame, no_smooth,
                   smooth_min_cutoff, smooth_beta, track_max_missed, max_frames, duration, live, stream_url, threads,
                   no_pipeline):
@@ -266,7 +272,8 @@ def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_
     group = start(device)
     ensure_writable(Path(output))
     predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config,
-                                     device=group.device, thresholds=thresholds, model_path=model_path)
+                                     device=group.device, thresholds=thresholds, model_path=model_path,
+                                     precision=precision, compile=compile_)
     group.echo(info.get("note") or f"model: {info.get('path')}", err=True)
     plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw,
                       smpl=save_smpl)

@@ -18,6 +18,7 @@ from sathmr.errors import SathmrError
 from sathmr.io import write_json
 from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_model
+from sathmr.precision import ALL_PRECISIONS, backend_options
 from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
 from sathmr.train.data.readers import check_split
@@ -117,6 +118,9 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: weights/ or the embedded model.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
+@click.option("--precision", type=click.Choice(ALL_PRECISIONS), default=None,
+              help="torch: fp32 (default), bf16 or fp16 after the token selection (bf16 runs emulated on CPUs without "
+                   "it: the metrics hold); ort/trt: the exported model's own (checked).")
 @click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
@@ -127,7 +131,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
-def eval_command(data_root, dataset, checkpoint, backend, model_path, config, smpl_dir, threshold, protocol,
+def eval_command(data_root, dataset, checkpoint, backend, precision, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
     (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
@@ -139,7 +143,7 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
     if backend != "ort":
         group.echo(res.note, err=True)
     be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=res.smpl_dir,
-                      device=group.device)
+                      device=group.device, **backend_options(backend, precision, allow_emulated=True))
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
@@ -159,7 +163,10 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
                        progress=group.is_main, group=group, **kw)
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     procs = f"  processes {group.world}" if group.world > 1 else ""
-    group.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}{procs}")
+    numerics = be.info.get("precision", "fp32")   # not "precision": that is a detection metric
+    group.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}{procs}"
+               f"  numerics {numerics}")
     group.echo(metrics_table(metrics))
     if json_path and group.is_main:
-        write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol, **metrics})
+        write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol,
+                                     "numerics": numerics, **metrics})
