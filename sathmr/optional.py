@@ -11,8 +11,6 @@ from sathmr.errors import SathmrError
 EXTRAS = {
     "onnxruntime": ("ort", "the ONNX Runtime backend"),
     "tensorrt": ("gpu", "the TensorRT backend and export"),
-    "xformers": ("xformers", "xformers attention kernels"),
-    "onnxscript": ("dev", "ONNX export"),
     "matplotlib": ("bench", "the scaling plot of sathmr bench"),
 }
 

@@ -63,6 +63,7 @@ def test_ort_cuda_two_stage_keeps_stage_a_on_the_device(tiny_export, tiny_random
     assert all(im.tokens_equal for im in rep.images)
 
 
+@pytest.mark.trt
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
                     reason="TensorRT is not installed (pip install 'sathmr[gpu]')")
 @pytest.mark.parametrize("fp16", [False, True])
