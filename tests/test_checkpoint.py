@@ -8,7 +8,8 @@ import torch
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
 from sathmr.model import build_model
-from sathmr.model.checkpoint import from_official, load_model, random_official_state_dict, save_checkpoint, to_official
+from helpers import random_official_state_dict
+from sathmr.model.checkpoint import from_official, load_model, save_checkpoint, to_official
 
 MANIFEST = Path(__file__).parent / "data" / "official_state_dict_manifest.tsv"
 FULL = get_config("sat_644")

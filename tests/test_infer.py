@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.model import build_model
-from sathmr.model.checkpoint import random_official_state_dict, save_checkpoint
+from helpers import random_official_state_dict
+from sathmr.model.checkpoint import save_checkpoint
 
 
 
