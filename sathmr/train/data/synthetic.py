@@ -2,7 +2,10 @@
 
 Each scene places 1..max_people posed mannequins (any SMPL-layout body model; by default the synthetic
 one from :func:`sathmr.body.generate_synthetic`) at random image positions, depths, shapes and poses in
-front of a procedural background, and renders them with the z-buffered mesh renderer. The GT is stored
+front of a procedural background, and renders them with the z-buffered mesh renderer, two-toned: the
+front of the body (facing +z at rest) in the person's colour, the back darker, so that a mannequin
+seen from behind does not look like one seen from the front (their silhouettes are mirror images and
+the heading is drawn from the full circle; without the cue the heading is ambiguous). The GT is stored
 in the world frame with a random camera, so reading it back exercises the same world → camera path
 as real BEDLAM data. Scene i depends only on (seed, i): generation is deterministic and prefix-stable.
 """
@@ -26,6 +29,7 @@ from sathmr.train.data.readers import LAYOUTS
 SPLITS = {"train": "train_6fps", "val": "validation_6fps"}
 ASPECTS = ((4, 3), (16, 9), (1, 1), (3, 4), (9, 16), (3, 2))
 BODY_HEIGHT_M = 1.7
+BACK_SHADE = 0.35           # the back of a mannequin is its colour times this
 
 # Uniform per-axis ranges (radians, SMPL joint frame: x left, y up, z forward) of plausible poses.
 _SYM = {  # joint: (lo, hi) per axis for the person's left side; the right side mirrors y and z
@@ -133,6 +137,23 @@ def procedural_background(rng: np.random.Generator, h: int, w: int) -> np.ndarra
 
 
 # --------------------------------------------------------------------------- scenes
+def front_faces(body_model, faces: np.ndarray) -> np.ndarray:
+    """(F,) bool: faces whose outward normal points forward (+z) in the rest pose."""
+    with torch.no_grad():
+        rest, _ = body_model(torch.zeros(1, 3), torch.zeros(1, 69), torch.zeros(1, 10))
+    tri = rest[0].double().numpy()[faces]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    if np.einsum("fi,fi->", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) < 0:   # inward winding
+        normals = -normals
+    return normals[:, 2] > 0
+
+
+def two_tone(colors: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """(n,3) person colours → (n,F,3) face colours: the colour in front, BACK_SHADE of it behind."""
+    back = np.rint(colors * BACK_SHADE).astype(np.uint8)
+    return np.where(front[None, :, None], colors[:, None], back[:, None])
+
+
 @dataclass
 class Scene:
     image: np.ndarray           # BGR uint8
@@ -174,7 +195,7 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
 
     from sathmr.render import render_meshes
 
-    colors = rng.uniform(60, 255, (n, 3)).astype(np.uint8)
+    colors = two_tone(rng.uniform(60, 255, (n, 3)).astype(np.uint8), front_faces(bm, bodies.faces))
     image = render_meshes(procedural_background(rng, h, w), list(verts_c), bodies.faces, k, colors)
 
     cam_rot, cam_trans = _random_camera(rng)
