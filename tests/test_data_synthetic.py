@@ -145,3 +145,24 @@ def test_the_back_of_a_mannequin_renders_darker_than_its_front(smpl_dir: Path) -
         assert covered.sum() > 500
         means.append(img[covered].astype(float).mean())
     assert means[1] < 0.6 * means[0]
+
+
+def test_height_range_sets_the_apparent_size(smpl_dir: Path) -> None:
+    """A curriculum stage of large people only: every mannequin spans about the requested fraction."""
+    bodies = BodyModels(smpl_dir)
+
+    def heights(height_range) -> list[float]:
+        out = []
+        for i in range(6):
+            scene = make_scene(np.random.default_rng([4, i]), bodies, 448, 3, height_range)
+            k = scene.annotation["cam_int"]
+            long_side = 2 * max(k[0, 2], k[1, 2])
+            uv_y = k[1, 1] * scene.verts[..., 1] / scene.verts[..., 2]
+            out += list(np.ptp(uv_y, axis=1) / long_side)
+        return out
+
+    big = heights((0.5, 0.5))
+    assert all(0.3 < h < 0.65 for h in big)
+    assert min(heights((0.08, 0.9))) < 0.3
+    with pytest.raises(SathmrError, match="min-height"):
+        generate_dataset(Path("unused"), 1, smpl_dir=smpl_dir, height_range=(0.5, 0.2))

@@ -23,9 +23,14 @@ def data() -> None:
 @click.option("--split", type=click.Choice(["train", "val"]),
               default="train", show_default=True, help="train → bedlam train_6fps, val → validation_6fps")
 @click.option("--max-people", default=6, show_default=True, type=click.IntRange(min=1))
-def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int) -> None:
+@click.option("--min-height", default=0.08, show_default=True, type=float,
+              help="smallest apparent body height, as a fraction of the long side")
+@click.option("--max-height", default=0.9, show_default=True, type=float, help="largest apparent body height")
+def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int,
+              min_height: float, max_height: float) -> None:
     """Render N scenes of posed mannequins with exact SMPL ground truth."""
     from sathmr.train.data.synthetic import SPLITS, generate_dataset
 
-    annot = generate_dataset(out, n, seed=seed, smpl_dir=smpl_dir, size=size, split=split, max_people=max_people)
+    annot = generate_dataset(out, n, seed=seed, smpl_dir=smpl_dir, size=size, split=split, max_people=max_people,
+                             height_range=(min_height, max_height))
     click.echo(f"wrote {n} scenes; annotations {annot}; read with dataset 'bedlam', split '{SPLITS[split]}'")
