@@ -44,7 +44,7 @@ class Recipe:
     train_seed: int = 0
     val_seed: int = 1
     test_seed: int = 2          # scenes never seen in training nor used to pick the recipe
-    epochs: int = 16
+    epochs: int = 12
     batch_size: int = 8
     lr: float = 6e-4
     lr_encoder: float = 6e-4
@@ -99,6 +99,19 @@ def final_eval(model_path: Path, data: Path, smpl_dir: Path, out: Path) -> dict:
     return res
 
 
+def train_losses(log_dir: Path) -> list[dict]:
+    """(step, loss) of every invocation of a resumed run, from its TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    by_step: dict[int, float] = {}
+    for f in sorted(log_dir.rglob("events.out.tfevents*")):
+        ea = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        ea.Reload()
+        if "train/loss" in ea.Tags()["scalars"]:
+            by_step.update({e.step: e.value for e in ea.Scalars("train/loss")})
+    return [{"step": k, "loss": by_step[k]} for k in sorted(by_step)]
+
+
 def plot_curves(history: list[dict], val_rows: list[dict], png: Path) -> None:
     import matplotlib
 
@@ -106,8 +119,8 @@ def plot_curves(history: list[dict], val_rows: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    steps = np.array([r["step"] for r in history if "loss" in r])
-    loss = np.array([r["loss"] for r in history if "loss" in r])
+    steps = np.array([r["step"] for r in history])
+    loss = np.array([r["loss"] for r in history])
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2), dpi=80)
     if len(loss):
         k = max(1, min(30, len(loss) // 10))
@@ -120,6 +133,9 @@ def plot_curves(history: list[dict], val_rows: list[dict], png: Path) -> None:
         ax[1].plot(vs, [r[f"f1@{t}"] for r in val_rows], style, color="C1", label=f"F1 τ={t}")
         ax[2].plot(vs, [r[f"mpjpe@{t}"] or np.nan for r in val_rows], style, color="C2", label=f"MPJPE τ={t}")
         ax[2].plot(vs, [r[f"mve@{t}"] or np.nan for r in val_rows], style, color="C3", label=f"MVE τ={t}")
+    ax[1].axhline(0.8, color="0.5", lw=0.8, ls=":")          # issue #16 targets at threshold 0.5
+    ax[2].axhline(150, color="C2", lw=0.8, ls=":")
+    ax[2].axhline(170, color="C3", lw=0.8, ls=":")
     ax[1].set(title="validation F1", xlabel="step", ylim=(0, 1))
     ax[2].set(title="validation errors (mm)", xlabel="step")
     for a in ax[1:]:
@@ -182,8 +198,8 @@ def main(out_dir, data_dir, epochs, max_steps, lr, batch_size, install):
     print(f"trained {res['state']['global_step']} steps in {minutes:.1f} min (this invocation)", flush=True)
 
     val_rows = [json.loads(line) for line in val_log.read_text().splitlines()] if val_log.is_file() else []
-    history = json.loads((out / "history.json").read_text())
-    (out / "curves.json").write_text(json.dumps({"train": [r for r in history if "loss" in r], "val": val_rows}))
+    history = train_losses(out / "logs")
+    (out / "curves.json").write_text(json.dumps({"train": history, "val": val_rows}))
     plot_curves(history, val_rows, out / "curves.png")
     model_path = out / "model_final.safetensors"
     metrics = final_eval(model_path, test, smpl, out)
