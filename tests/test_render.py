@@ -293,3 +293,20 @@ if __name__ == "__main__":   # writes /tmp/render_check.png for a visual check
     _, rendered, _ = render_check_scene(real_image_paths()[0])
     cv2.imwrite(str(target), rendered)
     print(target)
+
+
+def test_per_face_colours() -> None:
+    """(N, F, 3) colours: one colour everywhere equals per-person colours; two colours both show."""
+    from sathmr.render_raster import render_meshes as render
+
+    verts = np.array([[-1.0, -1.0, 4.0], [1.0, -1.0, 4.0], [1.0, 1.0, 4.0], [-1.0, 1.0, 4.0]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    k = np.array([[40.0, 0, 32], [0, 40.0, 32], [0, 0, 1]])
+    blank = np.zeros((64, 64, 3), np.uint8)
+    per_person = render(blank, [verts], faces, k, np.array([[200, 100, 50]], np.uint8))
+    same = render(blank, [verts], faces, k, np.full((1, 2, 3), [200, 100, 50], np.uint8))
+    assert per_person.any() and np.array_equal(per_person, same)
+    two = render(blank, [verts], faces, k, np.array([[[200, 0, 0], [0, 0, 200]]], np.uint8))
+    assert (two[..., 0] > 0).sum() > 100 and (two[..., 2] > 0).sum() > 100
+    with pytest.raises(SathmrError, match="colors must have shape"):
+        render(blank, [verts], faces, k, np.zeros((1, 3, 3), np.uint8))
