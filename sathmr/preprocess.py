@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from sathmr.errors import SathmrError
 
@@ -63,8 +64,6 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding pixels (PIL's lazy open); None when PIL
     cannot tell (OpenCV then decides whether the file is an image)."""
-    from PIL import Image
-
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None       # our own limit applies, with a message that names it
     try:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sathmr.train.data.synthetic import SPLITS, generate_dataset
+
 
 @click.group("data")
 def data() -> None:
@@ -30,8 +32,6 @@ def data() -> None:
 def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int,
               min_height: float, max_height: float) -> None:
     """Render N scenes of posed mannequins with exact SMPL ground truth."""
-    from sathmr.train.data.synthetic import SPLITS, generate_dataset
-
     # "both": validation scenes continue the training scenes' numbering, so the two never share a scene
     plan = [("train", n, 0), ("val", max(1, n // 10), n)] if split == "both" else [(split, n, 0)]
     for part, count, first in plan:

@@ -19,7 +19,9 @@ import cv2
 import numpy as np
 import torch
 
+from sathmr.body import generate_synthetic
 from sathmr.errors import SathmrError
+from sathmr.render import render_meshes
 from sathmr.train.data.annots_io import save_annots
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels
@@ -196,8 +198,6 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
     transl_c = pelvis_c - rest_pelvis
     verts_c = verts + transl_c[:, None]
 
-    from sathmr.render import render_meshes
-
     colors = two_tone(rng.uniform(60, 255, (n, 3)).astype(np.uint8), front_faces(bm, bodies.faces))
     image = render_meshes(procedural_background(rng, h, w), list(verts_c), bodies.faces, k, colors)
 
@@ -233,8 +233,6 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
     if smpl_dir is None:
         smpl_dir = out / "smpl"
         if not smpl_dir.is_dir():
-            from sathmr.body import generate_synthetic
-
             generate_synthetic(smpl_dir, size="tiny")
     bodies = BodyModels(smpl_dir)
     layout, bedlam_split = LAYOUTS["bedlam"], SPLITS[split]
