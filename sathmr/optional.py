@@ -14,6 +14,11 @@ EXTRAS = {
     "xformers": ("xformers", "xformers attention kernels"),
     "onnxscript": ("dev", "ONNX export"),
     "matplotlib": ("bench", "the scaling plot of sathmr bench"),
+    "fastapi": ("serve", "sathmr serve"),
+    "uvicorn": ("serve", "sathmr serve"),
+    "multipart": ("serve", "multipart uploads to sathmr serve (python-multipart)"),
+    "prometheus_client": ("serve", "the metrics of sathmr serve"),
+    "ray": ("ray", "replicas under Ray Serve (sathmr serve --ray-replicas)"),
 }
 
 
