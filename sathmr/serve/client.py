@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -74,3 +76,23 @@ class Client:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def wait_ready(url: str, timeout: float = 120.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``GET /healthz`` until it answers 200; raise when ``timeout`` passes or ``alive()`` turns false
+    (the server process died)."""
+    c, deadline = Client(url, timeout=30), time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if c.get("/healthz").status == 200:
+                    return
+            except OSError:
+                pass
+            if not alive():
+                raise RuntimeError(f"the server at {url} exited before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server at {url} was not ready within {timeout:.0f} s")
+            time.sleep(0.25)
+    finally:
+        c.close()
