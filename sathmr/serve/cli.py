@@ -70,16 +70,21 @@ def serve_command(backend, checkpoint, model_path, config, smpl_dir, device, thr
                       BatchPolicy(max_batch_size, max_queue_delay_ms, max_queue), viewer_dir)
     if install_viewer_ and find_viewer(viewer_dir) is None:
         click.echo(f"viewer installed: {install_viewer(viewer_dir)}", err=True)
-    if find_viewer(viewer_dir) is None:
-        click.echo(f"3D viewer not found in {viewer_dir or default_viewer_dir()}: the page shows no 3D view "
-                   "(--install-viewer)", err=True)
     if ray_replicas:
+        check_viewer(viewer_dir)
         serve_with_ray(spec, cfg, ray_replicas, host, port, ray_address,
                        ready=lambda: click.echo(f"serving {ray_replicas} replica(s) on http://{host}:{port}/", err=True))
         return
     uvicorn = require("uvicorn")
     service = InferenceService.load(spec, cfg)
     click.echo(service.info.get("note") or f"model: {service.info.get('path')}", err=True)
+    check_viewer(viewer_dir)
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=host, port=port, access_log=access_log,
                                            timeout_graceful_shutdown=graceful_timeout, log_level="info"))
     server.run()
+
+
+def check_viewer(viewer_dir) -> None:
+    if find_viewer(viewer_dir) is None:
+        click.echo(f"3D viewer not found in {viewer_dir or default_viewer_dir()}: the page shows no 3D view "
+                   "(--install-viewer)", err=True)
