@@ -10,11 +10,12 @@ import click
 import torch
 
 from sathmr.api import Predictor
-from sathmr.backends import BACKENDS, TorchBackend, load_backend
+from sathmr.backends import TorchBackend, load_backend
 from sathmr.body import default_smpl_dir, load_mean_params
 from sathmr.config import get_config
 from sathmr.distributed import launched_rank, start
 from sathmr.errors import SathmrError
+from sathmr.formats import choose_model, model_options
 from sathmr.io import write_json
 from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_model
@@ -22,7 +23,7 @@ from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
 from sathmr.train.data.readers import check_split
 from sathmr.train.engine import TrainConfig, evaluate, train
-from sathmr.weights import resolve
+from sathmr.weights import EMBEDDED, resolve
 
 PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
@@ -115,9 +116,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.command("eval")
 @click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: weights/ or the embedded model.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
+@model_options
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=None,
@@ -135,11 +134,13 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
     check_split(data_root, name, split)     # before any model is loaded
     group = start(device)
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
-    res = resolve(checkpoint, smpl_dir or (beside if beside.is_dir() and checkpoint is None else None))
-    if backend != "ort":
+    choice = choose_model(model_path, backend, checkpoint)
+    default = choice.checkpoint is None or choice.checkpoint.resolve() == EMBEDDED
+    res = resolve(choice.checkpoint, smpl_dir or (beside if beside.is_dir() and default else None))
+    if choice.model_path is None:
         group.echo(res.note, err=True)
-    be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=res.smpl_dir,
-                      device=group.device)
+    be = load_backend(choice.backend, checkpoint=choice.checkpoint, model_path=choice.model_path, config=config,
+                      smpl_dir=res.smpl_dir, device=group.device)
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
