@@ -17,7 +17,7 @@ import click
 
 from sathmr.errors import SathmrError
 from sathmr.export.meta import STAGES
-from sathmr.weights import CHECKPOINT_SUFFIXES, checkpoint_path
+from sathmr.weights import checkpoint_path
 from sathmr.zoo.local import locate
 
 
@@ -38,7 +38,7 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("checkpoint", CHECKPOINT_SUFFIXES, None,
+    Format("checkpoint", (".pth", ".safetensors"), None,
            (("torch", "PyTorch, dynamic token set (the reference)"),
             ("torch-static", "PyTorch with the fixed token budgets of the static graph")),
            ("budget", "info"), False, None, "SAT-HMR weights (official .pth or sathmr .safetensors)"),
@@ -109,15 +109,11 @@ def choose_model(model: str | Path | None = None, backend: str | None = None,
             given = f" ({checkpoint} is {FORMATS['checkpoint'].what}: export it with `sathmr export`)" if checkpoint else ""
             raise SathmrError(f"--backend {backend} runs {fmt.what}: pass it with --model{given}")
         return ModelChoice(backend or "torch", FORMATS["checkpoint"], None, None)
-    if Path(model).suffix in CHECKPOINT_SUFFIXES:
-        checkpoint_path(model)                   # a missing weights file: "checkpoint not found"
-    path = locate(model)
+    path = locate(model, "checkpoint" if Path(model).suffix in FORMATS["checkpoint"].suffixes else "model")
     fmt = detect(path)
     backend = backend or fmt.backend_names[0]
     if backend not in fmt.backend_names:
-        other = format_of_backend(backend)
-        hint = " (export it with `sathmr export`)" if fmt.name == "checkpoint" else ""
-        raise SathmrError(f"--backend {backend} runs {other.what}, but {path} is {fmt.what}{hint}; "
+        raise SathmrError(f"--backend {backend} runs {format_of_backend(backend).what}, but {path} is {fmt.what}; "
                           f"it runs on: {', '.join(fmt.backend_names)}")
     if fmt.name == "checkpoint":
         if checkpoint is not None:

@@ -21,7 +21,7 @@ from sathmr.model.sathmr import SATHMR
 from sathmr.zoo.local import default_checkpoint, locate
 from sathmr.zoo.registry import EMBEDDED, MODELS
 
-__all__ = ["CHECKPOINT_SUFFIXES", "EMBEDDED", "Resolved", "cache_dir", "checkpoint_path", "load_network", "resolve", "synthetic_smpl_dir",
+__all__ = ["EMBEDDED", "Resolved", "cache_dir", "checkpoint_path", "load_network", "resolve", "synthetic_smpl_dir",
            "weights_dir"]
 
 
@@ -38,10 +38,6 @@ def synthetic_smpl_dir(size: str = "tiny") -> Path:
     return out
 
 
-#: what a checkpoint file ends in (official .pth, sathmr .safetensors)
-CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
-
-
 @dataclass
 class Resolved:
     checkpoint: Path | None      # None = embedded default
@@ -52,9 +48,7 @@ class Resolved:
 
 def checkpoint_path(spec: str | Path) -> Path:
     """A checkpoint given as a path or as a registry name (``sat_644_3dpw``: its file in weights/)."""
-    if Path(spec).suffix in CHECKPOINT_SUFFIXES and not Path(spec).exists() and str(spec) not in MODELS:
-        raise SathmrError(f"checkpoint not found: {spec}")
-    path = locate(spec)
+    path = locate(spec, "checkpoint")
     if not path.is_file():
         raise SathmrError(f"{path} is a folder, not a checkpoint file (an export? pass it with --model)")
     return path

@@ -23,7 +23,9 @@ from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
 from sathmr.train.data.readers import check_split
 from sathmr.train.engine import TrainConfig, evaluate, train
-from sathmr.weights import EMBEDDED, resolve
+from sathmr.weights import EMBEDDED, checkpoint_path, resolve
+from sathmr.zoo.local import model_file
+from sathmr.zoo.registry import MODELS
 
 PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
@@ -64,7 +66,8 @@ def metrics_table(metrics: dict) -> str:
 @click.option("--val-dataset", "val_sets", multiple=True, help="name:split evaluated after each epoch (default bedlam:validation_6fps if present).")
 @click.option("--config", default="sat_644", show_default=True)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
-@click.option("--init", "init", default=None, help="'dinov2:PATH' (pretrained backbone) or a SAT-HMR checkpoint (official or ours).")
+@click.option("--init", "init", default=None, help="'dinov2:PATH' or 'dinov2:dinov2_vitb14' (pretrained backbone), or a "
+              "SAT-HMR checkpoint (official or ours; a file or a name from `sathmr models`).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--batch-size", type=int, default=6, show_default=True)
@@ -90,9 +93,10 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
     model = build_model(cfg, torch.from_numpy(mp), torch.from_numpy(ms))
     if init:
         if init.startswith("dinov2:"):
-            init_from_dinov2(model, init.split(":", 1)[1])
+            src = init.split(":", 1)[1]                      # a file, or the registry's dinov2_vitb14
+            init_from_dinov2(model, model_file(src) if src in MODELS else src)
         else:
-            loaded, _ = load_model(init, cfg, (mp, ms))
+            loaded, _ = load_model(checkpoint_path(init), cfg, (mp, ms))
             model.load_state_dict(loaded.state_dict())
     train_set = open_sets(data_root, parse_sets(datasets, "bedlam:train_6fps"), bodies, cfg, train=True, seed=seed)
     eval_fn = None

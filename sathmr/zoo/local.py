@@ -20,8 +20,9 @@ from sathmr.errors import SathmrError
 from sathmr.files import atomic_write, cache_dir, file_sha256, weights_dir
 from sathmr.zoo.registry import MODELS, ModelEntry, get_entry
 
-#: local states, best first
-STATES = ("packaged", "verified", "unchecked", "no reference", "MISMATCH", "absent")
+#: local states: shipped in the package; sha256 equal to a checked reference; equal to a checksum recorded
+#: from a size-checked download only; not hashed yet; hashed, nothing to compare with; different; missing
+STATES = ("packaged", "verified", "recorded", "unchecked", "no reference", "MISMATCH", "absent")
 
 
 def records_path() -> Path:
@@ -41,9 +42,13 @@ class Records:
             data = {}
         self.models: dict[str, dict] = data.get("models", {})
         self.files: dict[str, dict] = data.get("files", {})
+        self.dirty = False
 
     def save(self) -> None:
-        atomic_write(self.path, json.dumps({"models": self.models, "files": self.files}, indent=1).encode())
+        """Write what changed (nothing written when nothing was learnt: a read-only cache is fine)."""
+        if self.dirty:
+            atomic_write(self.path, json.dumps({"models": self.models, "files": self.files}, indent=1).encode())
+            self.dirty = False
 
     def known_hash(self, path: Path) -> str | None:
         """The file's sha256 if it was hashed before and has not changed since."""
@@ -55,16 +60,20 @@ class Records:
 
     def hash(self, path: Path) -> str:
         known = self.known_hash(path)
-        if known:
-            return known
-        sha, st = file_sha256(path), path.stat()
-        self.files[str(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
-        return sha
+        return known if known else self.remember(path, file_sha256(path))
 
-    def record(self, entry: ModelEntry, sha256: str, size: int, source: str) -> None:
-        """Remember a checksum that was verified (against the Hub) for an entry the registry has none for."""
-        self.models[entry.name] = {"sha256": sha256, "size": size, "source": source,
+    def remember(self, path: Path, sha256: str) -> str:
+        st = path.stat()
+        self.files[str(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+        self.dirty = True
+        return sha256
+
+    def record(self, entry: ModelEntry, sha256: str, size: int, source: str, verified: bool = True) -> None:
+        """Remember the checksum of a fetched file for an entry the registry has none for; ``verified``:
+        it was checked against the server's (else only its size was)."""
+        self.models[entry.name] = {"sha256": sha256, "size": size, "source": source, "verified": verified,
                                    "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.dirty = True
 
     def reference(self, entry: ModelEntry) -> tuple[str | None, str]:
         """(expected sha256, where the expectation comes from)."""
@@ -72,8 +81,12 @@ class Records:
             return entry.sha256, "registry"
         rec = self.models.get(entry.name)
         if rec:
-            return rec["sha256"], f"recorded {rec['recorded']} from {rec['source']}"
+            how = "checked against the server" if rec.get("verified") else "size-checked only"
+            return rec["sha256"], f"recorded {rec['recorded']} from {rec['source']}, {how}"
         return None, ""
+
+    def verified_reference(self, entry: ModelEntry) -> bool:
+        return bool(entry.sha256) or bool(self.models.get(entry.name, {}).get("verified"))
 
 
 @dataclass
@@ -124,7 +137,7 @@ def check(entry: ModelEntry, records: Records, path: Path | None = None, rehash:
                           if entry.hub else "no checksum known")
     if sha != ref:
         return LocalState(entry, path, "MISMATCH", sha, f"sha256 {sha[:12]}… differs from {ref[:12]}… ({origin})")
-    return LocalState(entry, path, "verified", sha, f"sha256 {origin}")
+    return LocalState(entry, path, "verified" if records.verified_reference(entry) else "recorded", sha, origin)
 
 
 def _how_to_get(entry: ModelEntry) -> str:
@@ -143,11 +156,11 @@ def model_file(name: str) -> Path:
     return path
 
 
-def locate(spec: str | Path) -> Path:
+def locate(spec: str | Path, what: str = "model") -> Path:
     """A model named by path (file or folder) or by registry name → its path on this machine.
 
     A path that exists wins over a registry name; a bare word that is neither gets the registry's
-    did-you-mean error."""
+    did-you-mean error, anything else "<what> not found"."""
     path = Path(spec)
     if path.exists():
         return path
@@ -156,7 +169,7 @@ def locate(spec: str | Path) -> Path:
         return model_file(text)
     if not path.suffix and len(path.parts) == 1:
         get_entry(text)              # raises: unknown model, with close matches
-    raise SathmrError(f"model not found: {spec} (not a file or folder here, nor a model name: see `sathmr models`)")
+    raise SathmrError(f"{what} not found: {spec} (not a file or folder here, nor a model name: see `sathmr models`)")
 
 
 def default_checkpoint() -> Path | None:
