@@ -61,11 +61,13 @@ class Predictor:
         return results
 
     @torch.inference_mode()
-    def run_batch(self, items: Sequence[Prepared], names: Sequence[str], timer: StageTimer | None = None) -> BatchOutput:
+    def run_batch(self, items: Sequence[Prepared], names: Sequence[str], timer: StageTimer | None = None,
+                  thresholds: Sequence[Sequence[float]] | None = None) -> BatchOutput:
         """Prepared images → network → decoded outputs → people per threshold, with stage timings.
 
         ``timer`` (marked at the start of the network and after each stage) lets a caller time its own
-        stages before this one on the same clock (CUDA events on GPU).
+        stages before this one on the same clock (CUDA events on GPU). ``thresholds`` (one sequence per
+        item; default the predictor's) lets the images of one batch ask for different thresholds (serve).
         """
         images, img_hw = collate(list(items), self.backend.canvas_hw)
         timer = timer or StageTimer()
@@ -73,13 +75,17 @@ class Predictor:
         net = self.backend.run(images, img_hw)
         timer.mark()
         decoded = as_arrays(decode_outputs(net, img_hw, self.body_model, self.cfg, self.with_verts), self.cfg)
-        results = [self._image_result(decoded, i, p, name) for i, (p, name) in enumerate(zip(items, names))]
+        per_item = thresholds if thresholds is not None else [self.thresholds] * len(items)
+        if len(per_item) != len(items):
+            raise ValueError(f"{len(per_item)} threshold sets for {len(items)} images")
+        results = [self._image_result(decoded, i, p, name, ts)
+                   for i, (p, name, ts) in enumerate(zip(items, names, per_item))]
         timer.mark()
         network, post = timer.intervals()[-2:]
         return BatchOutput(results, net, decoded, {"network": network, "postprocess": post})
 
-    def _image_result(self, arrays: dict, i: int, p: Prepared, name: str) -> ImageResult:
-        people = {t: select_people(arrays, i, t, p.scale, self.with_verts) for t in self.thresholds}
+    def _image_result(self, arrays: dict, i: int, p: Prepared, name: str, thresholds: Sequence[float]) -> ImageResult:
+        people = {t: select_people(arrays, i, t, p.scale, self.with_verts) for t in thresholds}
         counts, overflow = arrays["tok_counts"][i], arrays["tok_overflow"][i]
         raw = {k: arrays[k][i] for k in RAW_OUTPUTS if k in arrays}
         raw["input"] = p.tensor.numpy()

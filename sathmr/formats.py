@@ -131,6 +131,6 @@ def model_options(command):
     """``--model``, ``--backend`` (an override) and ``--checkpoint`` (an alias), the same in every command."""
     command = click.option("--checkpoint", default=None, help="Alias of --model for weights; next to an exported "
                            "--model, the weights it must have been exported from.")(command)
-    command = click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
-                           help="Override the backend the model implies (torch-static: weights with fixed token budgets).")(command)
+    command = click.option("--backend", type=click.Choice(list(BACKENDS)), default=None, help="Override the backend "
+                           "the model implies (torch-static: weights with fixed token budgets).")(command)
     return click.option("--model", "model_path", default=None, help=MODEL_HELP)(command)

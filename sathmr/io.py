@@ -89,11 +89,15 @@ def write_json(path: Path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
-def write_png(path: Path, img_bgr: np.ndarray) -> None:
+def encode_png(img_bgr: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", img_bgr)
     if not ok:
-        raise SathmrError(f"cannot encode PNG for {path}")
-    atomic_write(path, buf.tobytes())
+        raise SathmrError(f"cannot encode a PNG of a {img_bgr.shape} {img_bgr.dtype} image")
+    return buf.tobytes()
+
+
+def write_png(path: Path, img_bgr: np.ndarray) -> None:
+    atomic_write(path, encode_png(img_bgr))
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fake_hub import FakeHub
 from huggingface_hub import constants, hf_hub_download
 
-from fake_hub import FakeHub
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.errors import SathmrError

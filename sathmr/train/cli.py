@@ -74,6 +74,9 @@ def metrics_table(metrics: dict) -> str:
 @click.option("--lr", type=float, default=4e-5, show_default=True)
 @click.option("--lr-encoder", type=float, default=2e-5, show_default=True)
 @click.option("--max-steps", type=int, default=0, help="Stop after this many steps (schedule still spans --epochs).")
+@click.option("--warmup-steps", type=int, default=0, show_default=True, help="Linear LR warm-up (the original has none).")
+@click.option("--min-lr-ratio", type=float, default=0.0, show_default=True, help="Cosine floor as a fraction of the LR.")
+@click.option("--gt-scale-epochs", type=int, default=1, show_default=True, help="Epochs in which the GT scale map selects tokens.")
 @click.option("--save-every", type=int, default=0, help="Also checkpoint every N steps.")
 @click.option("--workers", type=int, default=0)
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
@@ -82,7 +85,8 @@ def metrics_table(metrics: dict) -> str:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--no-dn", is_flag=True, help="Train without the denoising queries.")
 def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output, epochs, batch_size, lr, lr_encoder,
-                  max_steps, save_every, workers, mixed_precision, threshold, no_resume, seed, no_dn):
+                  max_steps, warmup_steps, min_lr_ratio, gt_scale_epochs, save_every, workers, mixed_precision,
+                  threshold, no_resume, seed, no_dn):
     """Train SAT-HMR; several processes: `torchrun --nproc-per-node N -m sathmr train ...` (--batch-size is
     per process) or `accelerate launch -m sathmr train ...`."""
     cfg = get_config(config)
@@ -109,7 +113,8 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
             return evaluate(Predictor(backend, body, (threshold,)), val_set, threshold)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, max_steps=max_steps,
                      save_every_steps=save_every, num_workers=workers, mixed_precision=mixed_precision, seed=seed,
-                     use_dn=not no_dn)
+                     use_dn=not no_dn, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
+                     gt_scale_epochs=gt_scale_epochs)
     echo = click.echo if launched_rank() == 0 else (lambda *args, **kwargs: None)
     echo(f"training {cfg.name} on {len(train_set)} images ({', '.join(':'.join(s) for s in parse_sets(datasets, 'bedlam:train_6fps'))}); "
          f"body model {smpl}; output {output}", err=True)

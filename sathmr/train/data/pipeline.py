@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from sathmr.body import load_body_model
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
 from sathmr.preprocess import normalize, padded_size, read_image, resize_long_side
@@ -44,8 +45,6 @@ class BodyModels:
         if gender not in self._models:
             if self.smpl_dir is None:
                 raise SathmrError(f"no {gender} body model available")
-            from sathmr.body import load_body_model
-
             self._models[gender] = load_body_model(self.smpl_dir, gender=gender)
         return self._models[gender]
 
