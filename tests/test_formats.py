@@ -15,6 +15,7 @@ from sathmr.cli import main
 from sathmr.errors import SathmrError
 from sathmr.formats import BACKENDS, EXPORT_FORMATS, FORMATS, choose_model, detect
 from sathmr.model.tokens import TokenBudget
+from sathmr.serve.service import ModelSpec
 from sathmr.weights import EMBEDDED
 
 
@@ -108,3 +109,9 @@ def test_model_alone_runs_an_export_on_onnx_runtime(tiny_export, tiny_ckpt, smpl
     r = CliRunner().invoke(main, ["infer", "-i", str(image), "-o", str(tmp_path / "bad"), "--model",
                                   str(tiny_export.path), "--backend", "torch"])
     assert r.exit_code == 2 and "runs on: ort" in r.output
+
+
+def test_serve_loads_what_the_model_implies(tiny_export, smpl_tiny):
+    pytest.importorskip("onnxruntime")
+    predictor, info = ModelSpec(model_path=str(tiny_export.path), smpl_dir=str(smpl_tiny)).load(0.3)
+    assert predictor.backend.name == "ort" and info["path"] == str(tiny_export.path)

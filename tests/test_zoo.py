@@ -15,12 +15,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fake_hub import FakeHub
+from helpers import random_official_state_dict
 from huggingface_hub import constants, hf_hub_download
 
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
-from sathmr.model.checkpoint import random_official_state_dict, read_checkpoint
+from sathmr.model.checkpoint import read_checkpoint
 from sathmr.weights import EMBEDDED, resolve
 from sathmr.zoo import MODELS, ModelEntry, get_entry, list_models
 from sathmr.zoo.fetch import fetch
