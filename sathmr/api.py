@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sathmr.backends import Backend, load_backend
+from sathmr.backends import Backend, open_model
 from sathmr.body import load_body_model
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
@@ -125,11 +125,12 @@ def load_body_for(backends: Sequence[Backend], smpl_dir=None, device: str = "cpu
     return body
 
 
-def load_predictor(backend: str = "torch", checkpoint=None, smpl_dir=None, config: str | None = None,
+def load_predictor(backend: str | None = None, checkpoint=None, smpl_dir=None, config: str | None = None,
                    device: str = "cpu", thresholds: Sequence[float] = (0.3,), model_path=None,
                    with_verts: bool = True, **backend_options) -> tuple[Predictor, dict]:
-    """Build the backend and the body model; returns the predictor and what was loaded."""
-    be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=smpl_dir,
-                      device=device, **backend_options)
+    """Build the backend (:func:`sathmr.backends.open_model`: ``model_path`` may be any model file, export
+    or registry name, and implies the backend) and the body model; returns the predictor and what was loaded."""
+    be = open_model(model_path, backend, checkpoint=checkpoint, config=config, smpl_dir=smpl_dir, device=device,
+                    **backend_options)
     body = load_body_for([be], smpl_dir, device)
     return Predictor(be, body, thresholds, with_verts), be.info

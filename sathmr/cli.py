@@ -20,6 +20,7 @@ from sathmr.parity import parity_command
 from sathmr.serve.cli import serve_command
 from sathmr.train.cli import eval_command, train_command
 from sathmr.train.data.cli import data
+from sathmr.zoo.cli import models_command, weights_group
 
 
 class Group(click.Group):
@@ -50,5 +51,5 @@ def main(debug: bool) -> None:
 
 
 for command in (assets, infer_command, demo_command, data, train_command, eval_command, export_command,
-                parity_command, bench_command, serve_command):
+                parity_command, bench_command, serve_command, models_command, weights_group):
     main.add_command(command)

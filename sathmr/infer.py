@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from sathmr.api import Predictor, load_predictor
-from sathmr.backends import BACKENDS
 from sathmr.distributed import ProcessGroup, start
 from sathmr.errors import SathmrError
+from sathmr.formats import model_options
 from sathmr.io import VideoSource, ensure_writable, iter_inputs, write_json, write_npz, write_png
 from sathmr.meshes import write_meshes
 from sathmr.pipeline import Failed, PipelineStats, Skipped, Work, run_pipeline, stop_on_sigint
@@ -207,9 +207,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
               "('photos/**/*.jpg'), a .txt/.lst file listing paths, one per line, a webcam index (0) or a stream URL "
               "(rtsp://..., http://...).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
-@click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
+@model_options
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl).")
 @click.option("--threshold", "-t", "thresholds", type=float, multiple=True, default=(0.3,), show_default=True, help="Detection threshold; repeat for several.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import cv2
 import numpy as np
 
 from sathmr.errors import SathmrError
+from sathmr.files import atomic_write
 from sathmr.input_files import find_inputs
 from sathmr.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image
 from sathmr.video.source import VIDEO_SUFFIXES, FrameReader, VideoSource, is_video_file, source_from_spec
@@ -83,31 +83,6 @@ def ensure_writable(folder: Path) -> None:
             pass
     except OSError as exc:
         raise SathmrError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _umask()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place: a reader (or a crash)
-    never sees half a file. The file gets the permissions an ordinary ``open`` would give it (mkstemp's
-    own are owner-only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj) -> None:

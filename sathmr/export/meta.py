@@ -31,6 +31,7 @@ from torch import nn
 from sathmr import __version__
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
+from sathmr.files import file_sha256  # noqa: F401 - exporters and backends import it from here
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import TokenBudget
 
@@ -49,14 +50,6 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 STAGES = ("scale_map", "tokens")
 ENGINE_MAGIC = b"SATHMR-TRT\x00"    # + little-endian u32 length + JSON metadata, then the serialized engine
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_sha256(model: nn.Module) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sathmr.backends import BACKENDS
+from sathmr.formats import model_options as shared_model_options
 from sathmr.optional import require
 from sathmr.preprocess import DEFAULT_MAX_PIXELS
 from sathmr.serve.app import create_app
@@ -15,13 +15,9 @@ from sathmr.serve.viewer import default_viewer_dir, find_viewer, install_viewer
 
 
 def model_options(f):
-    """The options that pick the model, in one place (``model_spec`` turns them into a ModelSpec)."""
+    """The options that pick the model, in one place (``model_spec`` turns them into a ModelSpec); --model,
+    --backend and --checkpoint mean what they mean for every command (:func:`sathmr.formats.model_options`)."""
     for option in reversed([
-        click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True),
-        click.option("--checkpoint", type=click.Path(dir_okay=False),
-                     help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model."),
-        click.option("--model", "model_path", type=click.Path(),
-                     help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt."),
         click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644)."),
         click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl)."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ..."),
@@ -29,7 +25,7 @@ def model_options(f):
                      help="PyTorch intra-op threads per process (default: PyTorch's; with Ray: cores / replicas)."),
     ]):
         f = option(f)
-    return f
+    return shared_model_options(f)
 
 
 def model_spec(backend, checkpoint, model_path, config, smpl_dir, device, threads) -> ModelSpec:

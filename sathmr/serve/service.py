@@ -33,7 +33,7 @@ DEFAULT_MAX_BODY_BYTES = 32 * 2 ** 20
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model to serve and where; picklable, so Ray replicas load exactly what the command named."""
-    backend: str = "torch"
+    backend: str | None = None          # None: the one the model implies (sathmr.formats)
     checkpoint: str | None = None
     model_path: str | None = None
     config: str | None = None
@@ -93,7 +93,7 @@ class InferenceService:
     @classmethod
     def load(cls, spec: ModelSpec, config: ServeConfig = ServeConfig()) -> "InferenceService":
         predictor, info = spec.load(config.threshold)
-        return cls(predictor, {**info, "backend": spec.backend, "device": spec.device}, config)
+        return cls(predictor, {**info, "backend": predictor.backend.name, "device": spec.device}, config)
 
     def start(self) -> None:
         self.predictor.backend.warmup()

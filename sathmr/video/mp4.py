@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from sathmr.errors import SathmrError
-from sathmr.io import UMASK
+from sathmr.files import UMASK
 
 CODECS = ("avc1", "mp4v")          # preference order: H.264, then MPEG-4 Part 2 (in every OpenCV build)
 
