@@ -12,8 +12,9 @@ listing every process enumerates identically goes to process ``i mod N``. No uni
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import click
 from accelerate import PartialState

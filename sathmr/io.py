@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np

@@ -53,7 +53,7 @@ def xyxy(boxes: np.ndarray) -> np.ndarray:
 def token_set(net: dict) -> set[tuple[int, int, int]]:
     lvl, yx = net["tok_lvl"][0], net["tok_yx"][0]
     keep = lvl >= 0
-    return {(int(l), int(y), int(x)) for l, (y, x) in zip(lvl[keep].tolist(), yx[keep].tolist())}
+    return {(int(lv), int(y), int(x)) for lv, (y, x) in zip(lvl[keep].tolist(), yx[keep].tolist())}
 
 
 @dataclass

@@ -41,7 +41,7 @@ class LiveServer:
                                                     log_level="warning", timeout_graceful_shutdown=30))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self.thread.start()
         for _ in range(600):
             if self.server.started or not self.thread.is_alive():
@@ -88,7 +88,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.args, self.startup_s = ["--port", str(self.port), *args], startup_s
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         self.log = tempfile.TemporaryFile("w+")      # a file, not a pipe: a chatty server never blocks on it
         self.proc = subprocess.Popen([sys.executable, "-m", "sathmr", "serve", *self.args], env=env,

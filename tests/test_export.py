@@ -19,21 +19,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import graph_op_types
 from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend, load_backend
 from sathmr.backends.ort_backend import providers_for
 from sathmr.bench.scaling import forced_layout
+from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
 from sathmr.cli import main
 from sathmr.errors import SathmrError
 from sathmr.export.meta import FORMAT_TAG, GRAPHS, file_sha256, read_artifact
 from sathmr.export.onnx import export_graph
 from sathmr.export.trt import profile_shapes
-from sathmr.bench.setup import random_network
 from sathmr.model.checkpoint import save_checkpoint
 from sathmr.parity import compare_backends
 from sathmr.preprocess import collate, prepare, read_image
+
+from helpers import graph_op_types
 
 TOL_REL = 1e-5
 TOL_MM = 0.05

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import graph_op_types, output_shapes
 from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend
 from sathmr.export.meta import read_artifact
@@ -14,6 +13,8 @@ from sathmr.export.onnx import export_from_checkpoint
 from sathmr.model.tokens import TokenBudget, default_budget
 from sathmr.parity import compare_backends
 from sathmr.preprocess import collate, prepare, read_image
+
+from helpers import graph_op_types, output_shapes
 
 KS = 40     # SAT cells: above what the first photo needs (31 with these weights), below the second's (46)
 

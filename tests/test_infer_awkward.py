@@ -1,16 +1,14 @@
 """`sathmr infer` (embedded default) on awkward inputs: nothing crashes the run, every bad file is listed."""
 
 import json
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from sathmr.cli import main
+
 from test_inputs import exif_rotated_jpeg, smooth_image, write
 
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from sathmr.errors import SathmrError
 from sathmr.io import iter_images, iter_inputs
-from sathmr.video.source import VideoSource
 from sathmr.preprocess import jpeg_is_complete, read_image
+from sathmr.video.source import VideoSource
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:

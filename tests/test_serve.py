@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import trimesh
 
-from serve_helpers import LiveServer, ServerProcess, assert_same_people, sample_images
 from sathmr.errors import SathmrError
 from sathmr.infer import OutputPlan, run_infer
 from sathmr.serve.batcher import BatchPolicy, Busy, DynamicBatcher
 from sathmr.serve.client import Client
 from sathmr.serve.service import InferenceService, ModelSpec, ServeConfig
+
+from serve_helpers import LiveServer, ServerProcess, assert_same_people, sample_images
 
 
 # ------------------------------------------------------------------------------------------ batcher

@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from serve_helpers import LiveServer, sample_images
 from sathmr.serve.service import InferenceService, ModelSpec, ServeConfig
 from sathmr.serve.viewer import find_viewer
+
+from serve_helpers import LiveServer, sample_images
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the page test needs playwright (pip install playwright)")
 CHROMIUM = os.environ.get("SATHMR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

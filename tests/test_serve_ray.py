@@ -7,9 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serve_helpers import ServerProcess, assert_same_people, sample_images
 from sathmr.serve.client import Client
 from sathmr.serve.service import InferenceService, ModelSpec, ServeConfig
+
+from serve_helpers import ServerProcess, assert_same_people, sample_images
 
 pytest.importorskip("ray.serve", reason="the scale-out test needs Ray Serve (pip install 'sathmr[ray]')")
 

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from fake_hub import FakeHub
-from helpers import random_official_state_dict
 from huggingface_hub import constants, hf_hub_download
 
 from sathmr.cli import main
@@ -26,6 +24,9 @@ from sathmr.weights import EMBEDDED, resolve
 from sathmr.zoo import MODELS, ModelEntry, get_entry, list_models
 from sathmr.zoo.fetch import fetch
 from sathmr.zoo.local import Records, check, default_checkpoint
+
+from fake_hub import FakeHub
+from helpers import random_official_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 PATH = "ChiSu001/SAT-HMR/weights/sat_hmr/sat_644.pth"

@@ -85,7 +85,7 @@ class OrtBackend(Backend):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
-                  config: str | None = None, checkpoint: str | Path | None = None) -> "OrtBackend":
+                  config: str | None = None, checkpoint: str | Path | None = None) -> OrtBackend:
         """Open ``path``; ``config``/``checkpoint``, when given, must be the ones it was exported from."""
         ort = require("onnxruntime")
         art = read_artifact(path)

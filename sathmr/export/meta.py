@@ -132,7 +132,7 @@ class ExportMeta:
         }
 
     @classmethod
-    def from_props(cls, props: dict[str, str], source: str = "model", graph: str | None = None) -> "ExportMeta":
+    def from_props(cls, props: dict[str, str], source: str = "model", graph: str | None = None) -> ExportMeta:
         """Parse and validate; ``graph``, when given, is the graph the file must hold."""
         tag = props.get("sathmr.format")
         if tag != FORMAT_TAG:
@@ -182,7 +182,7 @@ class ExportMeta:
                               f"{self.body_fingerprint[:12]}…, --smpl-dir gives {body_fingerprint[:12]}…): "
                               "pass the --smpl-dir used at export, or re-export")
 
-    def with_extra(self, **extra) -> "ExportMeta":
+    def with_extra(self, **extra) -> ExportMeta:
         return replace(self, extra={**self.extra, **extra})
 
 

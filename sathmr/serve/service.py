@@ -91,7 +91,7 @@ class InferenceService:
                                                                          self.metrics.observe_batch)
 
     @classmethod
-    def load(cls, spec: ModelSpec, config: ServeConfig = ServeConfig()) -> "InferenceService":
+    def load(cls, spec: ModelSpec, config: ServeConfig = ServeConfig()) -> InferenceService:
         predictor, info = spec.load(config.threshold)
         return cls(predictor, {**info, "backend": predictor.backend.name, "device": spec.device}, config)
 

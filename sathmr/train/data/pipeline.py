@@ -7,9 +7,10 @@ visibility filter → boxes → occlusion → scale map → pad, colour-jitter, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,8 +20,15 @@ from sathmr.body import load_body_model
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
 from sathmr.preprocess import normalize, padded_size, read_image, resize_long_side
-from sathmr.train.data.augment import (AugParams, augment_extrinsics, augment_intrinsics, color_jitter, draw_aug,
-                                       occlude, warp_image)
+from sathmr.train.data.augment import (
+    AugParams,
+    augment_extrinsics,
+    augment_intrinsics,
+    color_jitter,
+    draw_aug,
+    occlude,
+    warp_image,
+)
 from sathmr.train.data.geometry import flip_pose, matrix_to_rotvec, project, rotvec_to_matrix
 from sathmr.train.data.readers import ImageRecord
 from sathmr.train.data.scale_map import build_scale_map, unique_edges
