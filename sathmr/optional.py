@@ -11,9 +11,12 @@ from sathmr.errors import SathmrError
 EXTRAS = {
     "onnxruntime": ("ort", "the ONNX Runtime backend"),
     "tensorrt": ("gpu", "the TensorRT backend and export"),
-    "xformers": ("xformers", "xformers attention kernels"),
-    "onnxscript": ("dev", "ONNX export"),
     "matplotlib": ("bench", "the scaling plot of sathmr bench"),
+    "fastapi": ("serve", "sathmr serve"),
+    "uvicorn": ("serve", "sathmr serve"),
+    "multipart": ("serve", "multipart uploads to sathmr serve (python-multipart)"),
+    "prometheus_client": ("serve", "the metrics of sathmr serve"),
+    "ray": ("ray", "replicas under Ray Serve (sathmr serve --ray-replicas)"),
 }
 
 

@@ -27,11 +27,11 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from sathmr.api import Predictor, load_body_for
-from sathmr.backends import BACKENDS, Backend, load_backend
+from sathmr.backends import BACKENDS, Backend, open_model
 from sathmr.errors import SathmrError
 from sathmr.io import iter_images, write_json
 from sathmr.postprocess import box_iou
-from sathmr.precision import ALL_PRECISIONS, backend_options
+from sathmr.precision import ALL_PRECISIONS, precision_kwargs
 from sathmr.preprocess import Prepared
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
@@ -60,7 +60,7 @@ def xyxy(boxes: np.ndarray) -> np.ndarray:
 def token_set(net: dict) -> set[tuple[int, int, int]]:
     lvl, yx = net["tok_lvl"][0], net["tok_yx"][0]
     keep = lvl >= 0
-    return {(int(l), int(y), int(x)) for l, (y, x) in zip(lvl[keep].tolist(), yx[keep].tolist())}
+    return {(int(lv), int(y), int(x)) for lv, (y, x) in zip(lvl[keep].tolist(), yx[keep].tolist())}
 
 
 @dataclass
@@ -249,8 +249,9 @@ def parse_precisions(text: str | None) -> list[str | None]:
 @click.option("--precision", "precision_text", default=None,
               help="Side b at these precisions (comma-separated: fp32,bf16,fp16), each against side a in fp32; "
                    "bf16 runs emulated where the CPU lacks it (accuracy figures hold).")
-@click.option("--model", "model_path", type=click.Path(), help="Exported model (folder or file) for an ort/trt side.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights of the torch side (default: weights/ or embedded).")
+@click.option("--model", "model_path", help="Exported model (folder or file) for an ort/trt side.")
+@click.option("--checkpoint", help="Weights (path or name from `sathmr models`) of a torch side, and what an "
+              "exported side must come from (default: weights/ or embedded).")
 @click.option("--config", default=None, help="Model config of an official checkpoint.")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (must match the exported model's).")
 @click.option("--input", "-i", "inputs", required=True, type=click.Path(exists=True), help="Image or folder of images.")
@@ -264,14 +265,17 @@ def parity_command(name_a, name_b, precision_text, model_path, checkpoint, confi
                    tol_mm, json_path):
     """Run the same images through two backends and compare outputs; exit 1 when over tolerance."""
     precisions = parse_precisions(precision_text)
-    load = lambda name, precision: load_backend(  # noqa: E731
-        name, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=smpl_dir, device=device,
-        **backend_options(name, precision, allow_emulated=True))
-    be_a = load(name_a, None)
+
+    def side(name: str, precision: str | None):   # a torch side runs the weights; an exported one --model, checked
+        exported = BACKENDS[name][0]
+        return open_model(model_path if exported else checkpoint, name, checkpoint=checkpoint if exported else None,
+                          config=config, smpl_dir=smpl_dir, device=device,
+                          **precision_kwargs(precision, allow_emulated=True, backend=name))
+    be_a = side(name_a, None)
     pa = body = None
     items, names, reports = [], [], []
     for precision in precisions:
-        be_b = load(name_b, precision)
+        be_b = side(name_b, precision)
         if body is None:
             body = load_body_for([be_a, be_b], smpl_dir, device)
             pa = Predictor(be_a, body, (threshold,))

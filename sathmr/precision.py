@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import click
 import torch
 
 from sathmr.errors import SathmrError
@@ -83,17 +84,38 @@ def check_export_precision(requested: str | None, found: str, source: str) -> No
                           "its own precision (export another with `sathmr export [--fp16 | --int8]`)")
 
 
-def backend_options(backend: str, precision: str | None = None, compile: bool = False,
-                    allow_emulated: bool = False) -> dict:
-    """The ``load_backend`` keywords of the ``--precision`` / ``--compile`` options of a command;
-    refuses what the backend cannot honour (instead of ignoring it)."""
-    torch_like = backend in TORCH_BACKENDS
-    if compile and not torch_like:
-        raise SathmrError(f"--compile is torch.compile, for the torch backends; --backend {backend} runs an "
-                          "exported graph that its engine optimises itself")
+def precision_kwargs(precision: str | None = None, compile: bool = False, allow_emulated: bool = False,
+                     backend: str | None = None) -> dict:
+    """The backend keywords of a command's ``--precision`` / ``--compile``: only what was asked for, so
+    that a backend that cannot honour it refuses it (``sathmr.formats.validate_options``: ``--compile``
+    on an export) instead of ignoring it. ``allow_emulated`` (parity, eval, bench: accuracy is the point)
+    reaches the torch backends only; ``backend`` is the one the model implies (None: torch)."""
     opts: dict = {}
     if precision is not None:
         opts["precision"] = precision
-    if torch_like:
-        opts.update(compile=compile, allow_emulated=allow_emulated)
+    if compile:
+        opts["compile"] = True
+    if allow_emulated and (backend or "torch") in TORCH_BACKENDS:
+        opts["allow_emulated"] = True
     return opts
+
+
+PRECISION_HELP = {
+    "speed": "torch: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs) after the token selection; "
+             "an export: its own precision (checked; `sathmr export --fp16/--int8` makes others).",
+    "accuracy": "torch: fp32 (default), bf16 or fp16 after the token selection (bf16 runs emulated on CPUs without it: "
+                "the figures hold, the speed does not); an export: its own precision (checked).",
+}
+
+
+def precision_options(purpose: str = "speed", compile: bool = True):
+    """``--precision`` (and ``--compile``) next to a command's model options; ``purpose`` "accuracy" where
+    emulated bf16 is allowed (eval), "speed" where it is refused (infer)."""
+    def decorate(command):
+        if compile:
+            command = click.option("--compile", "compile_", is_flag=True,
+                                   help="torch: run the network through torch.compile (the first images compile it; "
+                                        "off by default).")(command)
+        return click.option("--precision", type=click.Choice(ALL_PRECISIONS), default=None,
+                            help=PRECISION_HELP[purpose])(command)
+    return decorate

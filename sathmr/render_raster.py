@@ -146,15 +146,20 @@ class _Faces:
 
 def rasterize(verts: Sequence[np.ndarray] | np.ndarray, faces: np.ndarray, K: np.ndarray,
               hw: tuple[int, int], colors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shaded colour (H, W, 3) float32 BGR and coverage mask (H, W) of the nearest surface per pixel."""
+    """Shaded colour (H, W, 3) float32 BGR and coverage mask (H, W) of the nearest surface per pixel.
+
+    ``colors`` is (N, 3) per person or (N, F, 3) per person and face.
+    """
     H, W = hw
     v, f, pid, _ = _stack_meshes(verts, faces)
+    colors = np.asarray(colors, dtype=np.float32)
+    per_face = colors.reshape(-1, 3) if colors.ndim == 3 else colors[pid]   # stacked faces are person-major
     zbuf = torch.zeros(H * W, dtype=torch.float32)           # 1/z; 0 = empty, farther = smaller
     cbuf = np.zeros((H * W, 3), dtype=np.float32)
     if len(f) == 0:
         return cbuf.reshape(H, W, 3), np.zeros((H, W), bool)
     tri = _Faces(v, f, _vertex_intensity(v, f), np.asarray(K, np.float64), hw)
-    face_color = colors.astype(np.float32)[pid[tri.face]]
+    face_color = per_face[tri.face]
     for s, e in tri.chunks():
         cnt = tri.count[s:e]
         fi = np.repeat(np.arange(e - s), cnt)
@@ -187,7 +192,8 @@ def render_meshes(image_bgr: np.ndarray, verts: Sequence[np.ndarray] | np.ndarra
     """Draw meshes (camera frame: x right, y down, z forward, metres) over ``image_bgr`` with pinhole K.
 
     Rendered pixels replace the image (opacity 1), as in the official demo. ``colors`` is (N, 3)
-    BGR per person; by default :func:`person_colors`. Returns a new BGR uint8 image.
+    BGR per person, or (N, F, 3) per person and face; by default :func:`person_colors`. Returns a new
+    BGR uint8 image.
     """
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
@@ -199,8 +205,8 @@ def render_meshes(image_bgr: np.ndarray, verts: Sequence[np.ndarray] | np.ndarra
     if colors is None:
         colors = person_colors(n)
     colors = np.asarray(colors)
-    if colors.shape != (n, 3):
-        raise SathmrError(f"colors must have shape ({n}, 3), got {colors.shape}")
+    if colors.shape not in ((n, 3), (n, len(faces), 3)):
+        raise SathmrError(f"colors must have shape ({n}, 3) or ({n}, {len(faces)}, 3), got {colors.shape}")
     out = image_bgr.copy()
     if n == 0:
         return out

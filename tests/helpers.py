@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import torch
 
 from sathmr.backends.base import Backend
+from sathmr.config import ModelConfig
+from sathmr.model import build_model
+from sathmr.model.checkpoint import to_official
 
 
 def graph_op_types(path: str | Path) -> set[str]:
@@ -31,3 +35,9 @@ class Shifted(Backend):
         out = {k: v.clone() for k, v in self.inner.run(images, img_hw).items()}
         self.edit(out)
         return out
+
+
+def random_official_state_dict(cfg: ModelConfig, seed: int = 0, body_buffers=None) -> dict[str, torch.Tensor]:
+    """A state dict in the official layout with random weights."""
+    torch.manual_seed(seed)
+    return to_official(build_model(cfg).state_dict(), cfg, body_buffers)

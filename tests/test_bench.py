@@ -27,9 +27,11 @@ TINY = get_config("tiny")
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory) -> tuple[dict, str, Path]:
+def bench_run(tmp_path_factory, tiny_export) -> tuple[dict, str, Path]:
+    """torch and ort (the session's export of the same random weights bench builds) in their own processes."""
     out = tmp_path_factory.mktemp("bench")
     res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,torch:bf16,ort,ort:int8,trt",
+                                    "--model", str(tiny_export.path),
                                     "--iters", "2", "--warmup", "1", "--threads", "1", "--scaling",
                                     "--scaling-iters", "1", "--plot", str(out / "scaling.png"),
                                     "--json", str(out / "bench.json")])
@@ -53,7 +55,7 @@ def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
     result, _, _ = bench_run
     assert set(result["backends"]) == {"torch", "torch:bf16", "ort", "ort:int8"}
     n_images = len(result["inputs"]["names"])
-    for name, r in result["backends"].items():
+    for r in result["backends"].values():
         for stage in STAGES:
             st = r["stages"][stage]
             assert st["n"] == 2 * n_images                          # warm-up excluded, one sample per batch
@@ -65,7 +67,11 @@ def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
         assert set(r["tokens"]["per_image"]) == set(result["inputs"]["names"])
         assert all(t["level0"] % 4 == 0 for t in r["tokens"]["per_image"].values())
         assert r["speedup_vs_torch"] > 0
-    assert result["backends"]["torch"]["speedup_vs_torch"] == 1.0
+    torch_p50 = result["backends"]["torch"]["stages"]
+    for r in result["backends"].values():
+        assert r["speedup_vs_torch"] == pytest.approx(torch_p50["end_to_end"]["p50_ms"] / r["stages"]["end_to_end"]["p50_ms"])
+        assert r["network_speedup_vs_torch"] == pytest.approx(torch_p50["network"]["p50_ms"] / r["stages"]["network"]["p50_ms"])
+        assert r["peak_rss_mb"] > r["baseline_rss_mb"] > 0          # each in its own process
     assert result["backends"]["torch"]["tokens"]["static_sequence"] is None
     assert result["backends"]["ort"]["tokens"]["static_sequence"] is None     # the default export is two-stage
     # same weights, same images: every engine and precision selects the same tokens as the dynamic model

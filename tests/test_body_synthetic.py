@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 
 import numpy as np
 import pytest
@@ -24,19 +23,13 @@ L_TIPS, R_TIPS = range(11, 16), range(16, 21)
 @pytest.fixture(scope="module")
 def full_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("smpl_full")
-    start = time.perf_counter()
     generate_synthetic(out, "full")
-    pytest.full_generation_seconds = time.perf_counter() - start
     return out
 
 
 @pytest.fixture(scope="module")
 def arrays(full_dir):
     return read_model_arrays(full_dir / "SMPL_NEUTRAL.pkl")
-
-
-def test_generation_is_fast(full_dir):
-    assert pytest.full_generation_seconds < 10.0
 
 
 def test_smpl_sizes_and_official_structure(arrays, full_dir):

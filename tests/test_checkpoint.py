@@ -8,7 +8,9 @@ import torch
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
 from sathmr.model import build_model
-from sathmr.model.checkpoint import from_official, load_model, random_official_state_dict, save_checkpoint, to_official
+from sathmr.model.checkpoint import from_official, load_model, save_checkpoint, to_official
+
+from helpers import random_official_state_dict
 
 MANIFEST = Path(__file__).parent / "data" / "official_state_dict_manifest.tsv"
 FULL = get_config("sat_644")
@@ -24,13 +26,19 @@ def read_manifest():
 
 
 @pytest.fixture(scope="module")
-def manifest_state():
-    """A random state dict laid out exactly as the manifest (names, shapes, dtypes, shared aliases)."""
+def full_model():
+    """One full-size model for the loading tests (each loads a whole state dict into it, or fails before)."""
     torch.manual_seed(0)
+    return build_model(FULL)
+
+
+@pytest.fixture(scope="module")
+def manifest_state(full_model):
+    """A random state dict laid out exactly as the manifest (names, shapes, dtypes, shared aliases)."""
     rows = read_manifest()
-    ours = to_official(build_model(FULL).state_dict(), FULL)
+    ours = to_official(full_model.state_dict(), FULL)
     state = {}
-    for key, (shape, dtype, alias) in rows.items():
+    for key, (shape, dtype, _alias) in rows.items():
         if key in ours:
             state[key] = ours[key]
         else:  # human_model.* buffers: synthetic stand-ins of the right shape
@@ -43,15 +51,16 @@ def manifest_state():
     return state
 
 
-def test_manifest_matches_our_layout(manifest_state):
-    ours = to_official(build_model(FULL).state_dict(), FULL)
+def test_manifest_matches_our_layout():
+    with torch.device("meta"):      # names and shapes only: no weights needed
+        ours = to_official(build_model(FULL).state_dict(), FULL)
     rows = read_manifest()
     assert set(ours) == {k for k in rows if not k.startswith("human_model.")}
     assert len(rows) == 681
 
 
-def test_official_layout_loads_strictly(manifest_state):
-    model = build_model(FULL)
+def test_official_layout_loads_strictly(manifest_state, full_model):
+    model = full_model
     body = from_official(dict(manifest_state), model)
     assert set(body) == {k.split("human_model.layer_n.")[1] for k in manifest_state if k.startswith("human_model.")}
     sd = model.state_dict()
@@ -61,13 +70,13 @@ def test_official_layout_loads_strictly(manifest_state):
 
 
 @pytest.mark.parametrize("wrap", ["module.", "model", "_orig_mod."])
-def test_wrapped_checkpoints_load(manifest_state, wrap):
+def test_wrapped_checkpoints_load(manifest_state, full_model, wrap):
     state = {wrap + k: v for k, v in manifest_state.items()} if wrap.endswith(".") else {wrap: dict(manifest_state)}
-    from_official(state, build_model(FULL))
+    from_official(state, full_model)
 
 
-def test_wrong_checkpoints_fail_clearly(manifest_state):
-    model = build_model(FULL)
+def test_wrong_checkpoints_fail_clearly(manifest_state, full_model):
+    model = full_model
     bad = dict(manifest_state)
     del bad["encoder.blocks.5.mlp.fc1.weight"]
     bad["encoder.extra.weight"] = torch.zeros(1)
@@ -90,9 +99,9 @@ def test_wrong_checkpoints_fail_clearly(manifest_state):
         from_official(cam, model)
 
 
-def test_dn_enc_is_optional(manifest_state):
+def test_dn_enc_is_optional(manifest_state, full_model):
     state = {k: v for k, v in manifest_state.items() if not k.startswith("dn_enc.")}
-    from_official(state, build_model(FULL))
+    from_official(state, full_model)
 
 
 def test_official_pth_file_loads_with_weights_only(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from sathmr.config import get_config
@@ -13,6 +14,7 @@ from sathmr.errors import SathmrError
 from sathmr.train.data.annots_io import load_annots
 from sathmr.train.data.augment import AugParams
 from sathmr.train.data.cli import data
+from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels, HMRDataset, SampleBuilder
 from sathmr.train.data.readers import open_dataset
 from sathmr.train.data.synthetic import generate_dataset, make_scene, plausible_pose
@@ -113,3 +115,54 @@ def test_cli_writes_a_readable_dataset(tmp_path: Path, smpl_dir: Path) -> None:
     assert len(open_dataset(out, "bedlam", "train_6fps")) == 2
     bad = CliRunner().invoke(data, ["synthetic", "--out", str(out), "--n", "0"])
     assert bad.exit_code != 0
+
+
+def test_the_back_of_a_mannequin_renders_darker_than_its_front(smpl_dir: Path) -> None:
+    """The two-tone cue that tells a mannequin seen from behind from one seen from the front."""
+    from sathmr.render import render_meshes
+    from sathmr.train.data.synthetic import BACK_SHADE, front_faces, two_tone
+
+    bm = BodyModels(smpl_dir).get("neutral")
+    faces = np.asarray(bm.faces, dtype=np.int64)
+    front = front_faces(bm, faces)
+    assert 0.3 < front.mean() < 0.7                      # about half of the surface faces forward
+    colors = two_tone(np.array([[200, 150, 100]], np.uint8), front)
+    assert colors.shape == (1, len(faces), 3)
+    assert (colors[0, front] == [200, 150, 100]).all()
+    assert (colors[0, ~front] == np.rint(np.array([200, 150, 100]) * BACK_SHADE)).all()
+    k = np.array([[500.0, 0, 112], [0, 500.0, 112], [0, 0, 1]])
+    means = []
+    upright = rotvec_to_matrix(np.array([np.pi, 0.0, 0.0]))[0]          # SMPL y up → image y down
+    for heading in (0.0, np.pi):                         # facing the camera, then turned away
+        rot = upright @ rotvec_to_matrix(np.array([0.0, heading, 0.0]))[0]
+        orient = torch.tensor(matrix_to_rotvec(rot[None]), dtype=torch.float32)
+        with torch.no_grad():
+            verts, _ = bm(orient, torch.zeros(1, 69), torch.zeros(1, 10))
+        verts = verts[0].double().numpy() + [0, 0, 5.0]
+        blank = np.zeros((224, 224, 3), np.uint8)
+        img = render_meshes(blank, [verts], faces, k, colors)
+        covered = img.any(axis=2)
+        assert covered.sum() > 500
+        means.append(img[covered].astype(float).mean())
+    assert means[1] < 0.6 * means[0]
+
+
+def test_height_range_sets_the_apparent_size(smpl_dir: Path) -> None:
+    """A curriculum stage of large people only: every mannequin spans about the requested fraction."""
+    bodies = BodyModels(smpl_dir)
+
+    def heights(height_range) -> list[float]:
+        out = []
+        for i in range(6):
+            scene = make_scene(np.random.default_rng([4, i]), bodies, 448, 3, height_range)
+            k = scene.annotation["cam_int"]
+            long_side = 2 * max(k[0, 2], k[1, 2])
+            uv_y = k[1, 1] * scene.verts[..., 1] / scene.verts[..., 2]
+            out += list(np.ptp(uv_y, axis=1) / long_side)
+        return out
+
+    big = heights((0.5, 0.5))
+    assert all(0.3 < h < 0.65 for h in big)
+    assert min(heights((0.08, 0.9))) < 0.3
+    with pytest.raises(SathmrError, match="min-height"):
+        generate_dataset(Path("unused"), 1, smpl_dir=smpl_dir, height_range=(0.5, 0.2))

@@ -176,6 +176,7 @@ def make_inputs(folder: Path) -> None:
     writer.release()
 
 
+@pytest.mark.slow
 def test_infer_two_processes_write_what_one_writes_and_resume(tmp_path, embedded):
     imgs, one, two = tmp_path / "imgs", tmp_path / "one", tmp_path / "two"
     make_inputs(imgs)
@@ -200,6 +201,7 @@ def test_infer_two_processes_write_what_one_writes_and_resume(tmp_path, embedded
     assert not list(two.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_eval_two_processes_score_as_one(val_set, embedded, tmp_path):
     root = val_set[0]
     args = ["eval", "--data", root, "--threshold", "0.1", "--batch-size", "2"]
@@ -242,6 +244,7 @@ def is_key_bias(name: str) -> bool:
     return len(parts) > 1 and parts[-1] == "bias" and parts[-2].endswith("_proj") and "_k" in parts[-2]
 
 
+@pytest.mark.slow
 def test_train_two_processes_equal_one_with_the_doubled_batch(same_size_train_set, tmp_path):
     """Two steps on two processes (batch 1 each), then a resumed launch to step 4 (mid-epoch resume, then
     an epoch boundary), against one process with batch 2 for four steps.
@@ -251,6 +254,7 @@ def test_train_two_processes_equal_one_with_the_doubled_batch(same_size_train_se
     focal loss is a mean over each process's in-image cells).
     """
     from safetensors.torch import load_file
+
     from sathmr.body import load_mean_params
     from sathmr.model.checkpoint import load_model
     from sathmr.train.cli import open_sets

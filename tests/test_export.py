@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -18,20 +19,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import graph_op_types
 from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend, load_backend
 from sathmr.backends.ort_backend import providers_for
 from sathmr.bench.scaling import forced_layout
+from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
 from sathmr.cli import main
 from sathmr.errors import SathmrError
 from sathmr.export.meta import FORMAT_TAG, GRAPHS, file_sha256, read_artifact
+from sathmr.export.onnx import export_graph
 from sathmr.export.trt import profile_shapes
-from sathmr.bench.setup import random_network
 from sathmr.model.checkpoint import save_checkpoint
 from sathmr.parity import compare_backends
 from sathmr.preprocess import collate, prepare, read_image
+
+from helpers import graph_op_types
 
 TOL_REL = 1e-5
 TOL_MM = 0.05
@@ -182,10 +185,18 @@ def test_metadata_mismatch_fails_clearly(tiny_export, tiny_ckpt, smpl_tiny, real
 
 def test_damaged_mixed_and_old_exports_are_refused(tiny_export, tmp_path):
     src = tiny_export.path
+
     def copy(name):
         d = tmp_path / name
         shutil.copytree(src, d)
         return d
+
+    def set_prop(path, key, value):
+        proto = onnx.load(str(path))
+        for p in proto.metadata_props:
+            if p.key == key:
+                p.value = value
+        onnx.save(proto, str(path))
     # one graph missing
     d = copy("missing")
     (d / "tokens.onnx").unlink()
@@ -193,20 +204,12 @@ def test_damaged_mixed_and_old_exports_are_refused(tiny_export, tmp_path):
         OrtBackend.from_file(d)
     # a graph from another export (same model, other export id)
     d = copy("mixed")
-    proto = onnx.load(str(d / "tokens.onnx"))
-    for p in proto.metadata_props:
-        if p.key == "sathmr.export_id":
-            p.value = "another-export"
-    onnx.save(proto, str(d / "tokens.onnx"))
+    set_prop(d / "tokens.onnx", "sathmr.export_id", "another-export")
     with pytest.raises(SathmrError, match="different exports"):
         OrtBackend.from_file(d)
     # an export of an older sathmr, one without our metadata, junk, a graph file given alone
     d = copy("old")
-    proto = onnx.load(str(d / "scale_map.onnx"))
-    for p in proto.metadata_props:
-        if p.key == "sathmr.format":
-            p.value = "sathmr-onnx-1"
-    onnx.save(proto, str(d / "scale_map.onnx"))
+    set_prop(d / "scale_map.onnx", "sathmr.format", "sathmr-onnx-1")
     with pytest.raises(SathmrError, match=f"expected {FORMAT_TAG}.*re-export"):
         OrtBackend.from_file(d)
     d = copy("plain")
@@ -238,7 +241,9 @@ def test_cuda_refused_without_provider(tiny_export):
         load_backend("ort", model_path=tiny_export.path, device="cuda")
 
 
-def test_trt_without_tensorrt_says_what_to_install(tiny_export, tmp_path):
+def test_trt_needs_portable_graphs_and_says_what_to_install(tiny_export, tmp_path):
+    r = CliRunner().invoke(main, ["export", "--format", "trt", "--onnx", str(tiny_export.path), "-o", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "--portable" in r.output and "TensorRT cannot parse" in r.output
     try:
         import tensorrt  # noqa: F401
         pytest.skip("tensorrt is installed; tests/test_gpu.py covers the engines")
@@ -246,8 +251,24 @@ def test_trt_without_tensorrt_says_what_to_install(tiny_export, tmp_path):
         pass
     with pytest.raises(SathmrError, match=r"sathmr\[gpu\]"):
         load_backend("trt", model_path=tmp_path / "engines")
-    r = CliRunner().invoke(main, ["export", "--format", "trt", "--onnx", str(tiny_export.path), "-o", str(tmp_path / "e")])
-    assert r.exit_code == 2 and "tensorrt" in r.output
+
+
+def test_portable_graph_has_standard_ops_only(tiny_random, tiny_export, items, tmp_path):
+    """--portable (what TensorRT builds from) leaves ONNX Runtime's fused operators out and computes the
+    same stage A as the default graph (checked on the scale-map graph, the cheaper one to export)."""
+    import onnxruntime as ort
+    meta = replace(tiny_export.meta, target="portable")
+    path = export_graph(tiny_random, "scale_map", meta, tmp_path / "scale_map.onnx")
+    domains = {n.domain for n in onnx.load(str(path), load_external_data=False).graph.node}
+    assert domains <= {"", "ai.onnx"}, domains
+    fused = {n.domain for n in onnx.load(str(tiny_export.files["scale_map"]), load_external_data=False).graph.node}
+    assert "com.microsoft" in fused
+    x, hw = collate([items["portrait"]])
+    feeds = {"images": x.numpy(), "img_hw": hw.numpy()}
+    a = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    b = ort.InferenceSession(str(tiny_export.files["scale_map"]), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for u, v in zip(a, b):
+        assert np.abs(u - v).max() <= TOL_REL * np.abs(u).max()
 
 
 def test_export_rejects_options_it_would_ignore(tiny_ckpt, smpl_tiny, tmp_path):

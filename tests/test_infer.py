@@ -1,8 +1,6 @@
 """`sathmr infer` end to end: outputs, raw outputs, resume, bad inputs, full-size forward on a real image."""
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +10,9 @@ from click.testing import CliRunner
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.model import build_model
-from sathmr.model.checkpoint import random_official_state_dict, save_checkpoint
+from sathmr.model.checkpoint import save_checkpoint
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
-needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"real test images not found at {IMAGES}")
+from helpers import random_official_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +124,7 @@ def test_preprocess_shapes_portrait_and_landscape():
 
 
 @pytest.mark.slow
-@needs_images
-def test_full_size_official_layout_on_real_image(tmp_path):
+def test_full_size_official_layout_on_real_image(tmp_path, real_images):
     """sat_644 with random weights in the official layout + the synthetic full-size body model."""
     from sathmr.body import generate_synthetic
     smpl = tmp_path / "smpl"
@@ -140,7 +136,7 @@ def test_full_size_official_layout_on_real_image(tmp_path):
     torch.save(sd, ckpt)
     del sd
     out = tmp_path / "out"
-    res = run(["infer", "-i", str(IMAGES / "sathmr_demo_img1.jpeg"), "-o", str(out), "--checkpoint", str(ckpt),
+    res = run(["infer", "-i", str(real_images[0]), "-o", str(out), "--checkpoint", str(ckpt),
                "--smpl-dir", str(smpl), "--save-raw", "-t", "0.0", "--no-overlay"])
     assert res.exit_code == 0, res.output
     raw = np.load(out / "raw" / "sathmr_demo_img1.npz")

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 
 from sathmr.errors import SathmrError
-from sathmr.render import (coolwarm, draw_scale_map, draw_tokens, overlay_mosaic, person_colors,
-                           render_meshes)
+from sathmr.render import coolwarm, draw_scale_map, draw_tokens, overlay_mosaic, person_colors, render_meshes
 from sathmr.render_raster import AMBIENT, DIFFUSE
 
 F = 500.0
-IMAGES = Path("/work/shared/data/images")
 QUAD_FACES = np.array([[0, 1, 2], [0, 2, 3]])
 
 
@@ -146,11 +144,10 @@ def test_bad_inputs_raise_user_errors():
         render_meshes(np.zeros((10, 10, 3), np.uint8), [quad(0, 0, 2, 1)], QUAD_FACES + 10, K_for(10, 10))
 
 
-def test_person_colors_deterministic_distinct_pastel():
+def test_person_colors_are_a_stable_prefix_distinct_and_pastel():
     c = person_colors(40)
     assert c.shape == (40, 3) and c.dtype == np.uint8
-    np.testing.assert_array_equal(c, person_colors(40))
-    np.testing.assert_array_equal(c[:5], person_colors(5))
+    np.testing.assert_array_equal(c[:5], person_colors(5))     # person k keeps its colour however many there are
     assert len({tuple(x) for x in c}) == 40
     hsv = cv2.cvtColor(c[None], cv2.COLOR_BGR2HSV_FULL)[0].astype(float) / 255
     assert (hsv[:, 1] <= 0.32).all() and (hsv[:, 2] >= 0.8).all()
@@ -180,7 +177,7 @@ def test_coolwarm_matches_matplotlib_anchor_values():
 
 
 def test_scale_map_panel():
-    patch, cell = 14, 28
+    cell = 28
     img = np.full((70, 90, 3), 100, np.uint8)                   # grid of 28 px runs past: 3 x 4 cells
     sm = np.zeros((3, 4, 2), np.float32)
     sm[1, 2] = [0.9, 0.25]                                      # confident: coolwarm(1 - 0.5)
@@ -277,9 +274,8 @@ def render_check_scene(img_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     return img, render_meshes(img, verts, faces, K), info
 
 
-@pytest.mark.skipif(not (IMAGES / "sathmr_demo_img1.jpeg").exists(), reason="test images not present")
-def test_real_image_scene(tmp_path):
-    img, out, info = render_check_scene(IMAGES / "sathmr_demo_img1.jpeg")
+def test_real_image_scene(tmp_path, real_images):
+    img, out, info = render_check_scene(real_images[0])
     colors = person_colors(5).astype(int)
     K = info["K"]
     # the near small sphere (3) hides the big far one (2) at its own centre
@@ -291,7 +287,25 @@ def test_real_image_scene(tmp_path):
 
 
 if __name__ == "__main__":   # writes /tmp/render_check.png for a visual check
+    from conftest import real_image_paths
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/render_check.png")
-    _, rendered, _ = render_check_scene(IMAGES / "sathmr_demo_img1.jpeg")
+    _, rendered, _ = render_check_scene(real_image_paths()[0])
     cv2.imwrite(str(target), rendered)
     print(target)
+
+
+def test_per_face_colours() -> None:
+    """(N, F, 3) colours: one colour everywhere equals per-person colours; two colours both show."""
+    from sathmr.render_raster import render_meshes as render
+
+    verts = np.array([[-1.0, -1.0, 4.0], [1.0, -1.0, 4.0], [1.0, 1.0, 4.0], [-1.0, 1.0, 4.0]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    k = np.array([[40.0, 0, 32], [0, 40.0, 32], [0, 0, 1]])
+    blank = np.zeros((64, 64, 3), np.uint8)
+    per_person = render(blank, [verts], faces, k, np.array([[200, 100, 50]], np.uint8))
+    same = render(blank, [verts], faces, k, np.full((1, 2, 3), [200, 100, 50], np.uint8))
+    assert per_person.any() and np.array_equal(per_person, same)
+    two = render(blank, [verts], faces, k, np.array([[[200, 0, 0], [0, 0, 200]]], np.uint8))
+    assert (two[..., 0] > 0).sum() > 100 and (two[..., 2] > 0).sum() > 100
+    with pytest.raises(SathmrError, match="colors must have shape"):
+        render(blank, [verts], faces, k, np.zeros((1, 3, 3), np.uint8))

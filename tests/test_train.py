@@ -97,3 +97,26 @@ def test_train_and_eval_commands(synth, tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert {"f1", "precision", "recall", "mpjpe", "mve"} <= set(metrics)
     assert 0.0 <= metrics["precision"] <= 1.0
+
+
+def test_loss_is_the_same_when_every_dn_layer_is_decoded(synth):
+    """compute_loss decodes only the scored (last) DN layer; decoding them all gives the same losses."""
+    from sathmr.postprocess import decode_people
+    from sathmr.train.data.pipeline import collate, stack_images
+    from sathmr.train.dn import build_dn_queries
+    from sathmr.train.engine import compute_loss, gt_scale_override
+    from sathmr.train.losses import SetCriterion
+    model, ds, body = make(synth)
+    imgs, targets = collate([ds[0], ds[2]])
+    images, img_hw = stack_images(imgs, targets)
+    crit = SetCriterion(canvas=TINY.input_size)
+    with torch.no_grad():
+        total, parts = compute_loss(model, crit, body, images, img_hw, targets, True, True, torch.Generator().manual_seed(3))
+        dn = build_dn_queries(targets, model.dn_enc, TINY.num_queries, TINY.dn_number, generator=torch.Generator().manual_seed(3))
+        override = gt_scale_override(targets, images.shape[2] // TINY.cell_size, images.shape[3] // TINY.cell_size, images.device)
+        out = model(images, img_hw, dn=dn, scale_map_override=override)
+        out["layers"] = [decode_people(x, img_hw, body, TINY, with_verts=False) for x in out["layers"]]
+        out["dn_layers"] = [decode_people(x, img_hw, body, TINY, with_verts=False) for x in out["dn_layers"]]
+        total_all, parts_all = crit(out, targets, dn)
+    assert "j3ds_dn" in parts and set(parts) == set(parts_all)
+    assert torch.equal(total, total_all)

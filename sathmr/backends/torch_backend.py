@@ -31,10 +31,10 @@ class TorchBackend(Backend):
     shapes, since every image has its own token counts); the first calls compile (``compile_seconds``)."""
 
     def __init__(self, model: SATHMR, device: str = "cpu", budget: TokenBudget | None = None,
-                 canvas_hw: tuple[int, int] | None = None, info: dict | None = None, precision: str = "fp32",
+                 canvas_hw: tuple[int, int] | None = None, info: dict | None = None, precision: str | None = None,
                  compile: bool = False, allow_emulated: bool = False):
         self.device = pick_device(device)
-        self.precision = plan_precision(precision, self.device, allow_emulated)
+        self.precision = plan_precision(precision or "fp32", self.device, allow_emulated)
         if budget is not None and model.tokens.budget != budget:
             model = copy.deepcopy(model)  # the budget is per backend; never change a model shared with others
             model.set_budget(budget)
@@ -54,7 +54,7 @@ class TorchBackend(Backend):
     def from_checkpoint(cls, checkpoint: str | Path | None = None, config: str | None = None,
                         smpl_dir: str | Path | None = None, device: str = "cpu", static: bool = False,
                         budget: TokenBudget | None = None, model: SATHMR | None = None,
-                        info: dict | None = None, **options) -> "TorchBackend":
+                        info: dict | None = None, **options) -> TorchBackend:
         """From a checkpoint (official or ours, or the default one), or from an in-memory ``model``;
         ``options``: ``precision``, ``compile``, ``allow_emulated`` (see the class)."""
         if model is None:

@@ -12,8 +12,8 @@ from sathmr.bench.run import bench
 from sathmr.bench.scaling import plot_scaling
 from sathmr.bench.worker import BACKEND_PRECISIONS, Entry
 from sathmr.errors import SathmrError
-from sathmr.precision import ALL_PRECISIONS
 from sathmr.io import write_json
+from sathmr.precision import ALL_PRECISIONS
 
 
 def command_line() -> str:
@@ -62,7 +62,8 @@ def parse_backends(text: str, precisions: str | None = None) -> list[Entry]:
                    "(torch: fp32/bf16/fp16, ort: fp32/fp16/int8), side by side with speed-up and accuracy vs torch fp32.")
 @click.option("--config", default=None, help="Model config (default sat_644: the full-size network).")
 @click.option("--images", type=click.Path(exists=True), help="Image or folder of images (default: two synthetic images).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights (default: random weights of the full architecture).")
+@click.option("--checkpoint", help="Weights: a file or a name from `sathmr models` (default: random weights of the "
+              "full architecture).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default: the synthetic body model).")
 @click.option("--model", "model_path", type=click.Path(exists=True), help="Exported ONNX model (folder or file) for ort (default: export on the fly).")
 @click.option("--engine", "engine_path", type=click.Path(exists=True), help="TensorRT engines (folder or file) for trt (default: built on the fly).")

@@ -17,8 +17,8 @@ import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -97,32 +97,33 @@ def exported_files(entries: Sequence[Entry], setup: Setup, workdir: Path, model_
         skipped.update({e.label: why for e in trt})
         log(f"skipping {', '.join(e.label for e in trt)}: {why}")
         trt = []
-    exports: dict[str, Path] = {}
+    exports: dict[tuple[str, str], Path] = {}     # (precision, target) -> export
     if model_path:
-        exports[read_meta(model_path).precision] = Path(model_path)
+        meta = read_meta(model_path)
+        exports[meta.precision, meta.target] = Path(model_path)
 
-    def onnx_at(precision: str) -> Path:
-        if precision not in exports:
-            out = workdir / f"onnx_{precision}"
+    def onnx_at(precision: str, target: str = "onnxruntime") -> Path:
+        if (precision, target) not in exports:
+            out = workdir / f"onnx_{precision}_{target}"
             t0 = time.perf_counter()
             if precision == "int8":
                 log(f"quantising the fp32 export to int8 ({out}) ...")
-                exports[precision] = quantize_export(onnx_at("fp32"), out).path
+                exports[precision, target] = quantize_export(onnx_at("fp32", target), out).path
             else:
-                log(f"exporting the network to ONNX ({out}, {precision}) with `sathmr export`'s defaults ...")
-                exports[precision] = export_network(setup.network(), setup.body(), out, checkpoint=setup.checkpoint,
-                                                    precision=precision)[0].path
+                log(f"exporting the network to ONNX ({out}, {precision}, {target}) with `sathmr export`'s defaults ...")
+                exports[precision, target] = export_network(setup.network(), setup.body(), out, checkpoint=setup.checkpoint,
+                                                            precision=precision, portable=target == "portable")[0].path
             log(f"  done in {time.perf_counter() - t0:.1f} s")
-        return exports[precision]
+        return exports[precision, target]
 
     for e in entries:
         if e.backend == "ort":
             files[e.label] = onnx_at(e.precision)
     engines = {read_meta(engine_path).precision: Path(engine_path)} if engine_path else {}
     for e in trt:
-        if e.precision not in engines:
+        if e.precision not in engines:     # TensorRT parses standard operators only, and reduces precision itself
             log(f"building TensorRT engines ({e.precision}) ...")
-            engines[e.precision] = build_engines(onnx_at("fp32"), workdir / f"trt_{e.precision}",
+            engines[e.precision] = build_engines(onnx_at("fp32", "portable"), workdir / f"trt_{e.precision}",
                                                  fp16=e.precision == "fp16").path
         files[e.label] = engines[e.precision]
     return files, skipped

@@ -22,9 +22,8 @@ from sathmr.bench.measure import current_rss_mb, peak_rss_mb
 from sathmr.bench.setup import Setup
 from sathmr.errors import SathmrError
 from sathmr.model.tokens import default_budget, stage_lengths
-from sathmr.precision import EXPORT_PRECISIONS, TORCH_BACKENDS, TORCH_PRECISIONS, backend_options
+from sathmr.precision import EXPORT_PRECISIONS, TORCH_BACKENDS, TORCH_PRECISIONS, precision_kwargs
 from sathmr.timing import StageTimer
-
 
 #: the precisions each backend can be benchmarked at (ort/trt: of the exported model they run)
 BACKEND_PRECISIONS = {"torch": TORCH_PRECISIONS, "torch-static": TORCH_PRECISIONS, "ort": EXPORT_PRECISIONS,
@@ -44,7 +43,7 @@ class Entry:
         return self.backend + ("" if self.precision == "fp32" else f":{self.precision}") + ("+compile" if self.compile else "")
 
     @classmethod
-    def parse(cls, text: str) -> "Entry":
+    def parse(cls, text: str) -> Entry:
         body, plus, flag = text.strip().partition("+")
         name, _, precision = body.partition(":")
         if name not in BACKEND_PRECISIONS:
@@ -87,7 +86,7 @@ def open_backend(spec: WorkerSpec) -> Backend:
         # emulated bf16 runs (and says so in its label): a benchmark measures what the user asked for
         return load_backend(e.backend, model=model, device=spec.device,
                             info={"weights": "random" if spec.setup.random_weights else spec.setup.checkpoint},
-                            **backend_options(e.backend, e.precision, e.compile, allow_emulated=True))
+                            **precision_kwargs(e.precision, e.compile, allow_emulated=True, backend=e.backend))
     return load_backend(e.backend, model_path=spec.model_path, device=spec.device, config=spec.setup.config,
                         checkpoint=spec.setup.checkpoint, precision=e.precision, **spec.options)
 

@@ -13,6 +13,7 @@ from sathmr.errors import SathmrError
 from sathmr.export.meta import DEFAULT_OPSET, Artifact
 from sathmr.export.onnx import export_from_checkpoint
 from sathmr.export.trt import DEFAULT_MAX_BATCH, build_engines
+from sathmr.formats import EXPORT_FORMATS
 from sathmr.model.tokens import TokenBudget, stage_lengths
 
 #: options that only mean something with one format / layout (rejected elsewhere instead of ignored)
@@ -38,6 +39,8 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
     if bad:
         raise SathmrError(f"{', '.join(bad)}: only with --static-budget (the default export has no token budgets)")
     bad = [flag(k) for k in TRT_ONLY if given.get(k) is not None and fmt != "trt"]
+    if given.get("portable") and fmt == "trt":
+        bad.append("--portable (TensorRT always builds from portable graphs)")
     if bad:
         raise SathmrError(f"{', '.join(bad)}: only with --format trt")
     if given.get("onnx_path") is not None and static_budget:
@@ -55,7 +58,7 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
 
 def describe(art: Artifact) -> str:
     m = art.meta
-    head = (f"wrote {art.path}: config {m.cfg.name}, {m.layout}, {m.precision}, batch {m.batch or 'dynamic'}, "
+    head = (f"wrote {art.path}: config {m.cfg.name}, {m.layout}, {m.precision}, {m.target}, batch {m.batch or 'dynamic'}, "
             f"files {', '.join(f.name for f in art.files.values())}")
     if m.layout == "static":
         lengths = stage_lengths(m.budget)
@@ -67,10 +70,11 @@ def describe(art: Artifact) -> str:
 
 
 @click.command("export")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="onnx", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(),
               help="A folder (two-stage, the default), or model.onnx / model.engine with --static-budget.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (default: weights/ or the embedded model).")
+@click.option("--checkpoint", help="SAT-HMR weights: a file or a name from `sathmr models` (default: weights/ or the "
+              "embedded model).")
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder; its fingerprint is stored in the model.")
 @click.option("--static-budget", is_flag=True,
@@ -82,23 +86,25 @@ def describe(art: Artifact) -> str:
 @click.option("--fp16", is_flag=True, help="Half precision after the token selection (stage A stays fp32; for GPUs).")
 @click.option("--int8", is_flag=True, help="int8 weights in the tokens graph (ONNX Runtime dynamic quantisation, for CPUs; "
               "stage A stays fp32).")
+@click.option("--portable", is_flag=True, help="Standard ONNX operators only (no ONNX Runtime fusions), for other runtimes.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--simplify", is_flag=True, help="Simplify the graphs with onnxslim/onnxsim when installed.")
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True), help="--format trt: build from this ONNX export instead of exporting one.")
 @click.option("--workspace-gb", type=float, default=None, help="--format trt: builder workspace (default 4).")
 @click.option("--max-batch", type=int, default=None, help=f"--format trt: largest batch of the profiles (default {DEFAULT_MAX_BATCH}).")
 def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch,
-                   fp16, int8, opset, simplify, onnx_path, workspace_gb, max_batch):
+                   fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch):
     """Export the network for ONNX Runtime or TensorRT: by default the exact two-stage model whose token
     axes follow each image; with --static-budget one graph with fixed token budgets."""
     validate_args(fmt, static_budget, dict(budget_sat=budget_sat, budget_context=budget_context, canvas=canvas,
                                            onnx_path=onnx_path, workspace_gb=workspace_gb, max_batch=max_batch,
-                                           int8=int8, fp16=fp16))
+                                           portable=portable, int8=int8, fp16=fp16))
     output = Path(output)
     options = dict(static_budget=TokenBudget(budget_sat, budget_context) if static_budget else None,
                    canvas_hw=parse_canvas(canvas), batch=batch, opset=opset, simplify=simplify)
     if fmt == "onnx":
         art = _export(output, checkpoint, smpl_dir, config, precision="int8" if int8 else "fp16" if fp16 else "fp32",
+                      portable=portable,
                       **options)
         click.echo(describe(art))
         return
@@ -108,7 +114,7 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, bud
     else:   # TensorRT reduces precision itself, from the fp32 graphs
         with tempfile.TemporaryDirectory(prefix="sathmr-export-") as tmp:
             name = "model.onnx" if static_budget else "model_onnx"
-            src = _export(Path(tmp) / name, checkpoint, smpl_dir, config, precision="fp32", **options)
+            src = _export(Path(tmp) / name, checkpoint, smpl_dir, config, precision="fp32", portable=True, **options)
             art = build_engines(src.path, output, **trt_opts)
     click.echo(describe(art))
 

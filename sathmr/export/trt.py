@@ -109,6 +109,9 @@ def build_engines(onnx_model: str | Path, output: str | Path, fp16: bool = False
     if art.meta.precision == "int8":
         raise SathmrError(f"{onnx_model} is an int8 export (ONNX Runtime's dynamic quantisation, which TensorRT does "
                           "not build): give TensorRT an fp32 export")
+    if art.meta.target != "portable":
+        raise SathmrError(f"{onnx_model} uses ONNX Runtime's own operators, which TensorRT cannot parse: export it "
+                          "with `sathmr export --portable`, or let `sathmr export --format trt` export one itself")
     meta = replace(art.meta, precision="fp16") if fp16 else art.meta
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

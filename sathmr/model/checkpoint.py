@@ -213,12 +213,6 @@ def load_model(path: str | Path, config: str | ModelConfig | None = None,
     return model.eval(), info
 
 
-def random_official_state_dict(cfg: ModelConfig, seed: int = 0, body_buffers=None) -> dict[str, torch.Tensor]:
-    """A state dict in the official layout with random weights (tests, demos without weights)."""
-    torch.manual_seed(seed)
-    return to_official(build_model(cfg).state_dict(), cfg, body_buffers)
-
-
 # -------------------------------------------------------------------------------------------------
 # DINOv2 initialisation (training from the pretrained backbone, spec §1.3, §1.4a)
 def init_from_dinov2(model: SATHMR, path: str | Path) -> None:

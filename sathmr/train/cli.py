@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,20 +9,23 @@ import click
 import torch
 
 from sathmr.api import Predictor
-from sathmr.backends import BACKENDS, TorchBackend, load_backend
+from sathmr.backends import TorchBackend, load_backend
 from sathmr.body import default_smpl_dir, load_mean_params
 from sathmr.config import get_config
 from sathmr.distributed import launched_rank, start
 from sathmr.errors import SathmrError
+from sathmr.formats import choose_model, model_options
 from sathmr.io import write_json
 from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_model
-from sathmr.precision import ALL_PRECISIONS, backend_options
+from sathmr.precision import precision_kwargs, precision_options
 from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
 from sathmr.train.data.readers import check_split
 from sathmr.train.engine import TrainConfig, evaluate, train
-from sathmr.weights import resolve
+from sathmr.weights import EMBEDDED, checkpoint_path, resolve
+from sathmr.zoo.local import model_file
+from sathmr.zoo.registry import MODELS
 
 PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
@@ -64,13 +66,17 @@ def metrics_table(metrics: dict) -> str:
 @click.option("--val-dataset", "val_sets", multiple=True, help="name:split evaluated after each epoch (default bedlam:validation_6fps if present).")
 @click.option("--config", default="sat_644", show_default=True)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
-@click.option("--init", "init", default=None, help="'dinov2:PATH' (pretrained backbone) or a SAT-HMR checkpoint (official or ours).")
+@click.option("--init", "init", default=None, help="'dinov2:PATH' or 'dinov2:dinov2_vitb14' (pretrained backbone), or a "
+              "SAT-HMR checkpoint (official or ours; a file or a name from `sathmr models`).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--batch-size", type=int, default=6, show_default=True)
 @click.option("--lr", type=float, default=4e-5, show_default=True)
 @click.option("--lr-encoder", type=float, default=2e-5, show_default=True)
 @click.option("--max-steps", type=int, default=0, help="Stop after this many steps (schedule still spans --epochs).")
+@click.option("--warmup-steps", type=int, default=0, show_default=True, help="Linear LR warm-up (the original has none).")
+@click.option("--min-lr-ratio", type=float, default=0.0, show_default=True, help="Cosine floor as a fraction of the LR.")
+@click.option("--gt-scale-epochs", type=int, default=1, show_default=True, help="Epochs in which the GT scale map selects tokens.")
 @click.option("--save-every", type=int, default=0, help="Also checkpoint every N steps.")
 @click.option("--workers", type=int, default=0)
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
@@ -79,7 +85,8 @@ def metrics_table(metrics: dict) -> str:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--no-dn", is_flag=True, help="Train without the denoising queries.")
 def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output, epochs, batch_size, lr, lr_encoder,
-                  max_steps, save_every, workers, mixed_precision, threshold, no_resume, seed, no_dn):
+                  max_steps, warmup_steps, min_lr_ratio, gt_scale_epochs, save_every, workers, mixed_precision,
+                  threshold, no_resume, seed, no_dn):
     """Train SAT-HMR; several processes: `torchrun --nproc-per-node N -m sathmr train ...` (--batch-size is
     per process) or `accelerate launch -m sathmr train ...`."""
     cfg = get_config(config)
@@ -90,9 +97,10 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
     model = build_model(cfg, torch.from_numpy(mp), torch.from_numpy(ms))
     if init:
         if init.startswith("dinov2:"):
-            init_from_dinov2(model, init.split(":", 1)[1])
+            src = init.split(":", 1)[1]                      # a file, or the registry's dinov2_vitb14
+            init_from_dinov2(model, model_file(src) if src in MODELS else src)
         else:
-            loaded, _ = load_model(init, cfg, (mp, ms))
+            loaded, _ = load_model(checkpoint_path(init), cfg, (mp, ms))
             model.load_state_dict(loaded.state_dict())
     train_set = open_sets(data_root, parse_sets(datasets, "bedlam:train_6fps"), bodies, cfg, train=True, seed=seed)
     eval_fn = None
@@ -105,7 +113,8 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
             return evaluate(Predictor(backend, body, (threshold,)), val_set, threshold)
     tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, max_steps=max_steps,
                      save_every_steps=save_every, num_workers=workers, mixed_precision=mixed_precision, seed=seed,
-                     use_dn=not no_dn)
+                     use_dn=not no_dn, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
+                     gt_scale_epochs=gt_scale_epochs)
     echo = click.echo if launched_rank() == 0 else (lambda *args, **kwargs: None)
     echo(f"training {cfg.name} on {len(train_set)} images ({', '.join(':'.join(s) for s in parse_sets(datasets, 'bedlam:train_6fps'))}); "
          f"body model {smpl}; output {output}", err=True)
@@ -116,12 +125,8 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.command("eval")
 @click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: weights/ or the embedded model.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--precision", type=click.Choice(ALL_PRECISIONS), default=None,
-              help="torch: fp32 (default), bf16 or fp16 after the token selection (bf16 runs emulated on CPUs without "
-                   "it: the metrics hold); ort/trt: the exported model's own (checked).")
-@click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
+@model_options
+@precision_options("accuracy")
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=None,
@@ -131,7 +136,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
-def eval_command(data_root, dataset, checkpoint, backend, precision, model_path, config, smpl_dir, threshold, protocol,
+def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
     (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
@@ -139,11 +144,14 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, model_path,
     check_split(data_root, name, split)     # before any model is loaded
     group = start(device)
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
-    res = resolve(checkpoint, smpl_dir or (beside if beside.is_dir() and checkpoint is None else None))
-    if backend != "ort":
+    choice = choose_model(model_path, backend, checkpoint)
+    default = choice.checkpoint is None or choice.checkpoint.resolve() == EMBEDDED
+    res = resolve(choice.checkpoint, smpl_dir or (beside if beside.is_dir() and default else None))
+    if choice.model_path is None:
         group.echo(res.note, err=True)
-    be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=res.smpl_dir,
-                      device=group.device, **backend_options(backend, precision, allow_emulated=True))
+    be = load_backend(choice.backend, checkpoint=choice.checkpoint, model_path=choice.model_path, config=config,
+                      smpl_dir=res.smpl_dir, device=group.device,
+                      **precision_kwargs(precision, compile_, allow_emulated=True, backend=choice.backend))
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")

@@ -1,7 +1,8 @@
 """Training and evaluation loops, launched with 🤗 accelerate (CPU, one GPU or many, same code).
 
 The recipe is the original's (spec §5): AdamW with two learning-rate groups chosen by the substring
-``encoder`` in parameter names, cosine decay without warm-up, global gradient clipping at 1.0, auxiliary
+``encoder`` in parameter names, cosine decay without warm-up (a warm-up and a floor are recipe options,
+off by default), global gradient clipping at 1.0, auxiliary
 and denoising losses, and the ground-truth scale map driving token selection during the first
 ``gt_scale_epochs`` epochs. Every step is a pure function of (weights, optimiser state, epoch, step):
 data order, augmentation and denoising noise are seeded from them, so a resumed run repeats exactly the
@@ -33,6 +34,7 @@ from sathmr.train.data.pipeline import collate, seed_epoch, stack_images
 from sathmr.train.dn import build_dn_queries
 from sathmr.train.losses import SetCriterion, accelerate_reducer
 from sathmr.train.metrics import EvalAccumulator, EvalSums
+from sathmr.train.schedule import warmup_cosine_lambda
 
 
 @dataclass
@@ -52,6 +54,8 @@ class TrainConfig:
     max_steps: int = 0                 # stop early (0 = run all epochs); the schedule still spans all epochs
     log_every: int = 10
     mixed_precision: str = "no"        # "no" | "fp16" | "bf16" (accelerate)
+    warmup_steps: int = 0              # linear LR warm-up (0 = none, the original)
+    min_lr_ratio: float = 0.0          # cosine ends at this fraction of the base LR (0 = the original)
 
 
 def param_groups(model: torch.nn.Module, tc: TrainConfig) -> list[dict]:
@@ -61,8 +65,6 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig) -> list[dict]:
     return [{"params": enc, "lr": tc.lr_encoder}, {"params": rest, "lr": tc.lr}]
 
 
-def cosine_lambda(total_steps: int):
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def move_targets(targets: list[dict], device) -> list[dict]:
@@ -88,8 +90,8 @@ def compute_loss(model, criterion, body_model, images, img_hw, targets, use_gt_m
         override = gt_scale_override(targets, images.shape[2] // cfg.cell_size, images.shape[3] // cfg.cell_size, images.device)
     out = model(images, img_hw, dn=dn, scale_map_override=override)
     out["layers"] = [decode_people(layer, img_hw, body_model, cfg, with_verts=False) for layer in out["layers"]]
-    if dn is not None:
-        out["dn_layers"] = [decode_people(layer, img_hw, body_model, cfg, with_verts=False) for layer in out["dn_layers"]]
+    if dn is not None:   # only the last DN layer is scored (spec §5.6 quirk): decode just that one
+        out["dn_layers"][-1] = decode_people(out["dn_layers"][-1], img_hw, body_model, cfg, with_verts=False)
     return criterion(out, targets, dn)
 
 
@@ -116,7 +118,7 @@ def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: 
     steps_per_epoch = math.ceil(len(loader) / acc.num_processes)
     total = tc.epochs * steps_per_epoch
     optim = torch.optim.AdamW(param_groups(model, tc), betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, cosine_lambda(total))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine_lambda(total, tc.warmup_steps, tc.min_lr_ratio))
     model, optim = acc.prepare(model, optim)
     if acc.num_processes > 1:
         loader = acc.prepare_data_loader(loader)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sathmr.train.data.synthetic import SPLITS, generate_dataset
+
 
 @click.group("data")
 def data() -> None:
@@ -24,13 +26,16 @@ def data() -> None:
               help="train → bedlam train_6fps, val → validation_6fps; both: N training scenes plus N/10 "
                    "held-out validation scenes (what `sathmr train` and `sathmr eval` read by default)")
 @click.option("--max-people", default=6, show_default=True, type=click.IntRange(min=1))
-def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int) -> None:
+@click.option("--min-height", default=0.08, show_default=True, type=float,
+              help="smallest apparent body height, as a fraction of the long side")
+@click.option("--max-height", default=0.9, show_default=True, type=float, help="largest apparent body height")
+def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int,
+              min_height: float, max_height: float) -> None:
     """Render N scenes of posed mannequins with exact SMPL ground truth."""
-    from sathmr.train.data.synthetic import SPLITS, generate_dataset
-
     # "both": validation scenes continue the training scenes' numbering, so the two never share a scene
     plan = [("train", n, 0), ("val", max(1, n // 10), n)] if split == "both" else [(split, n, 0)]
     for part, count, first in plan:
         annot = generate_dataset(out, count, seed=seed, smpl_dir=smpl_dir, size=size, split=part,
-                                 max_people=max_people, first=first)
+                                 max_people=max_people, first=first,
+                                 height_range=(min_height, max_height))
         click.echo(f"wrote {count} scenes; annotations {annot}; read with --dataset bedlam:{SPLITS[part]}")

@@ -2,7 +2,10 @@
 
 Each scene places 1..max_people posed mannequins (any SMPL-layout body model; by default the synthetic
 one from :func:`sathmr.body.generate_synthetic`) at random image positions, depths, shapes and poses in
-front of a procedural background, and renders them with the z-buffered mesh renderer. The GT is stored
+front of a procedural background, and renders them with the z-buffered mesh renderer, two-toned: the
+front of the body (facing +z at rest) in the person's colour, the back darker, so that a mannequin
+seen from behind does not look like one seen from the front (their silhouettes are mirror images and
+the heading is drawn from the full circle; without the cue the heading is ambiguous). The GT is stored
 in the world frame with a random camera, so reading it back exercises the same world → camera path
 as real BEDLAM data. Scene i depends only on (seed, i): generation is deterministic and prefix-stable.
 """
@@ -16,7 +19,9 @@ import cv2
 import numpy as np
 import torch
 
+from sathmr.body import generate_synthetic
 from sathmr.errors import SathmrError
+from sathmr.render import render_meshes
 from sathmr.train.data.annots_io import save_annots
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels
@@ -26,6 +31,8 @@ from sathmr.train.data.readers import LAYOUTS
 SPLITS = {"train": "train_6fps", "val": "validation_6fps"}
 ASPECTS = ((4, 3), (16, 9), (1, 1), (3, 4), (9, 16), (3, 2))
 BODY_HEIGHT_M = 1.7
+BACK_SHADE = 0.35           # the back of a mannequin is its colour times this
+HEIGHT_RANGE = (0.08, 0.9)  # apparent body height as a fraction of the long image side (log-uniform)
 
 # Uniform per-axis ranges (radians, SMPL joint frame: x left, y up, z forward) of plausible poses.
 _SYM = {  # joint: (lo, hi) per axis for the person's left side; the right side mirrors y and z
@@ -133,6 +140,23 @@ def procedural_background(rng: np.random.Generator, h: int, w: int) -> np.ndarra
 
 
 # --------------------------------------------------------------------------- scenes
+def front_faces(body_model, faces: np.ndarray) -> np.ndarray:
+    """(F,) bool: faces whose outward normal points forward (+z) in the rest pose."""
+    with torch.no_grad():
+        rest, _ = body_model(torch.zeros(1, 3), torch.zeros(1, 69), torch.zeros(1, 10))
+    tri = rest[0].double().numpy()[faces]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    if np.einsum("fi,fi->", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) < 0:   # inward winding
+        normals = -normals
+    return normals[:, 2] > 0
+
+
+def two_tone(colors: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """(n,3) person colours → (n,F,3) face colours: the colour in front, BACK_SHADE of it behind."""
+    back = np.rint(colors * BACK_SHADE).astype(np.uint8)
+    return np.where(front[None, :, None], colors[:, None], back[:, None])
+
+
 @dataclass
 class Scene:
     image: np.ndarray           # BGR uint8
@@ -146,7 +170,9 @@ def _random_camera(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return rot, rng.uniform(-3.0, 3.0, 3)
 
 
-def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_people: int) -> Scene:
+def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_people: int,
+               height_range: tuple[float, float] = HEIGHT_RANGE) -> Scene:
+    """One scene; a narrower ``height_range`` (e.g. large people only) serves as an easier curriculum stage."""
     aw, ah = ASPECTS[rng.integers(len(ASPECTS))]
     w, h = (size, int(size * ah / aw)) if aw >= ah else (int(size * aw / ah), size)
     fov = np.deg2rad(rng.uniform(45.0, 75.0))
@@ -158,7 +184,7 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
     body_pose = np.stack([plausible_pose(rng) for _ in range(n)])
     orient_c = np.stack([camera_facing_orient(rng) for _ in range(n)])
     # apparent height from 8% to 90% of the long side, log-uniform; pelvis anywhere in the image
-    frac = np.exp(rng.uniform(np.log(0.08), np.log(0.9), n))
+    frac = np.exp(rng.uniform(np.log(height_range[0]), np.log(height_range[1]), n))
     depth = focal * BODY_HEIGHT_M / (frac * max(h, w))
     uv = rng.uniform([0.05 * w, 0.05 * h], [0.95 * w, 0.95 * h], (n, 2))
     pelvis_c = np.concatenate([(uv - k[:2, 2]) * (depth / focal)[:, None], depth[:, None]], 1)
@@ -172,9 +198,7 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
     transl_c = pelvis_c - rest_pelvis
     verts_c = verts + transl_c[:, None]
 
-    from sathmr.render import render_meshes
-
-    colors = rng.uniform(60, 255, (n, 3)).astype(np.uint8)
+    colors = two_tone(rng.uniform(60, 255, (n, 3)).astype(np.uint8), front_faces(bm, bodies.faces))
     image = render_meshes(procedural_background(rng, h, w), list(verts_c), bodies.faces, k, colors)
 
     cam_rot, cam_trans = _random_camera(rng)
@@ -192,7 +216,8 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
 
 
 def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Path | None = None,
-                     size: int = 448, split: str = "train", max_people: int = 6, first: int = 0) -> Path:
+                     size: int = 448, split: str = "train", max_people: int = 6, first: int = 0,
+                     height_range: tuple[float, float] = HEIGHT_RANGE) -> Path:
     """Write scenes ``first .. first+n-1`` under ``<out>/bedlam/`` for ``open_dataset(out, 'bedlam', SPLITS[split])``.
 
     Without ``smpl_dir`` a synthetic SMPL folder is generated in ``<out>/smpl`` (or reused). Returns
@@ -202,12 +227,12 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
         raise SathmrError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if n < 1 or max_people < 1 or size < 56:
         raise SathmrError("need --n >= 1, --max-people >= 1 and --size >= 56")
+    if not 0 < height_range[0] <= height_range[1]:
+        raise SathmrError(f"need 0 < --min-height <= --max-height, got {height_range[0]}, {height_range[1]}")
     out = Path(out)
     if smpl_dir is None:
         smpl_dir = out / "smpl"
         if not smpl_dir.is_dir():
-            from sathmr.body import generate_synthetic
-
             generate_synthetic(smpl_dir, size="tiny")
     bodies = BodyModels(smpl_dir)
     layout, bedlam_split = LAYOUTS["bedlam"], SPLITS[split]
@@ -215,7 +240,7 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
     image_dir.mkdir(parents=True, exist_ok=True)
     annots: dict[str, dict] = {}
     for i in range(first, first + n):
-        scene = make_scene(np.random.default_rng([seed, i]), bodies, size, max_people)
+        scene = make_scene(np.random.default_rng([seed, i]), bodies, size, max_people, height_range)
         name = f"synth_s{seed}_{i:06d}.png"
         if not cv2.imwrite(str(image_dir / name), scene.image):
             raise SathmrError(f"cannot write {image_dir / name}")
