@@ -214,7 +214,7 @@ def precision_of(backend: Backend) -> str:
 
 
 PRECISION_HEADER = ["b", "precision", "tokens identical", "people a/b", "matched", "box IoU min/mean",
-                    "joints mean/max mm", "conf |diff| mean/max"]
+                    "joints mean/max mm", "conf diff mean/max"]
 
 
 def precision_row(acc: dict) -> list[str]:

@@ -201,6 +201,17 @@ def test_int8_loads_reports_its_precision_and_keeps_the_tokens(int8_export, tiny
     OrtBackend.from_file(int8_export.path, precision="int8")             # confirming it is fine
 
 
+def test_infer_prints_and_writes_the_precision(int8_export, smpl_tiny, real_images, tmp_path):
+    """`sathmr infer` on an int8 export: the model line names its precision, and so does every JSON."""
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["infer", "--model", str(int8_export.path), "--smpl-dir", str(smpl_tiny),
+                                  "-i", str(real_images[0]), "-o", str(out), "--no-overlay"])
+    assert r.exit_code == 0, r.output
+    assert "two-stage, int8)" in r.output
+    answer = json.loads(next((out / "thresh_0.3").glob("*.json")).read_text())
+    assert answer["precision"] == "int8" and answer["backend"] == "ort"
+
+
 def test_int8_export_options_refused(tiny_ckpt, smpl_tiny, tmp_path, tiny_export):
     runner = CliRunner()
     base = ["export", "-o", str(tmp_path / "x"), "--checkpoint", str(tiny_ckpt), "--smpl-dir", str(smpl_tiny), "--int8"]

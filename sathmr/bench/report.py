@@ -62,7 +62,7 @@ def precision_rows(result: dict) -> list[list[str]]:
 
 
 PRECISION_HEADER = ["backend", "precision", "network p50 ms", "network vs torch", "end-to-end vs torch",
-                    "tokens identical", "people matched", "joints mean/max mm", "conf |diff| max", "compile s"]
+                    "tokens identical", "people matched", "joints mean/max mm", "max conf diff", "compile s"]
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
