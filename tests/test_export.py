@@ -72,8 +72,18 @@ def test_graphs_have_dynamic_axes_no_data_dependent_ops_and_metadata(tiny_export
     assert art.path.is_dir() and sorted(f.name for f in art.files.values()) == ["scale_map.onnx", "tokens.onnx"]
     for graph, f in art.files.items():
         onnx.checker.check_model(str(f))
-        assert not graph_op_types(f) & DATA_DEPENDENT, graph
         proto = onnx.load(str(f), load_external_data=False)
+        # the one If of the ONNX Runtime target: a masked attention skips its mask when every key is valid;
+        # both branches are one MultiHeadAttention of the same shape (the portable graph has none)
+        for node in proto.graph.node:
+            if node.op_type == "If":
+                branches = {a.name: a.g for a in node.attribute}
+                assert {k: [n.op_type for n in b.node] for k, b in branches.items()} == \
+                    {"then_branch": ["MultiHeadAttention"], "else_branch": ["MultiHeadAttention"]}, graph
+                assert len(branches["then_branch"].node[0].input) == 3, graph        # every key valid: no mask
+                assert len(branches["else_branch"].node[0].input) == 5, graph
+        assert any(n.op_type == "If" for n in proto.graph.node), graph
+        assert not graph_op_types(f) - {"If"} & DATA_DEPENDENT, graph
         dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
         assert tuple(dims) == GRAPHS[graph][0]
         assert dims["images"] == ["batch", 3, "56*h56", "56*w56"]
@@ -261,6 +271,7 @@ def test_portable_graph_has_standard_ops_only(tiny_random, tiny_export, items, t
     path = export_graph(tiny_random, "scale_map", meta, tmp_path / "scale_map.onnx")
     domains = {n.domain for n in onnx.load(str(path), load_external_data=False).graph.node}
     assert domains <= {"", "ai.onnx"}, domains
+    assert not graph_op_types(path) & DATA_DEPENDENT           # what TensorRT builds from: no If either
     fused = {n.domain for n in onnx.load(str(tiny_export.files["scale_map"]), load_external_data=False).graph.node}
     assert "com.microsoft" in fused
     x, hw = collate([items["portrait"]])

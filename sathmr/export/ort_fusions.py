@@ -8,6 +8,10 @@ Two kinds, both keeping the arithmetic (measured parity ≤ 1e-5 relative on eve
     MatMul → Mul → Add(mask) → Softmax → MatMul over every L×L score. The additive 0/−inf key mask
     becomes MultiHeadAttention's key-padding mask. Everything else (the decoder's conditional
     cross-attention, whose query/key heads are twice the value head) keeps the standard decomposition.
+  * **No mask when nothing is masked** — each masked MultiHeadAttention becomes an ``If`` on "every key
+    valid": a batch of one image (budgets = what the image needs) or of equally sized images takes the
+    unmasked kernel, which ONNX Runtime runs on its faster flash-attention path; a padded batch takes the
+    masked one. Both branches compute the same attention (a masked key adds exactly 0 weight).
   * **Residual and bias fusions** of ONNX Runtime's own transformer optimizer
     (``onnxruntime.transformers``): Add + LayerNormalization → SkipLayerNormalization, bias Add + GELU →
     BiasGelu.
@@ -90,6 +94,42 @@ def sdpa_as_multi_head_attention(query, key, value, attn_mask=None, dropout_p: f
 TRANSLATIONS = {torch.ops.aten.scaled_dot_product_attention.default: sdpa_as_multi_head_attention}
 
 
+def skip_full_masks(graph: onnx.GraphProto) -> int:
+    """Wrap every masked MultiHeadAttention of ``graph`` in ``If(all keys valid) → unmasked, else masked``;
+    the condition is computed once per mask tensor. Returns how many nodes were wrapped."""
+    nodes: list[onnx.NodeProto] = []
+    conds: dict[str, str] = {}
+    wrapped = 0
+    known = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    for node in graph.node:
+        if not (node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft"
+                and len(node.input) >= 5 and node.input[4]):
+            nodes.append(node)
+            continue
+        mask = node.input[4]
+        if mask not in conds:
+            conds[mask] = f"{mask}__all_valid"
+            nodes += [onnx.helper.make_node("ReduceMin", [mask], [f"{mask}__min"], keepdims=0),
+                      onnx.helper.make_node("Cast", [f"{mask}__min"], [conds[mask]], to=onnx.TensorProto.BOOL)]
+        branches = {}
+        for kind, inputs in (("plain", list(node.input[:3])), ("masked", list(node.input))):
+            inner = onnx.NodeProto()
+            inner.CopyFrom(node)
+            inner.name = f"{node.name}__{kind}"
+            del inner.input[:], inner.output[:]
+            inner.input.extend(inputs)
+            inner.output.append(f"{node.output[0]}__{kind}")
+            dtype = known.get(node.output[0]) or known.get(node.input[0]) or onnx.TensorProto.FLOAT   # fp16 exports
+            out = onnx.helper.make_tensor_value_info(inner.output[0], dtype, None)
+            branches[kind] = onnx.helper.make_graph([inner], inner.name, [], [out])
+        nodes.append(onnx.helper.make_node("If", [conds[mask]], list(node.output), name=f"{node.name}__if",
+                                           then_branch=branches["plain"], else_branch=branches["masked"]))
+        wrapped += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return wrapped
+
+
 def fuse_residuals(path: Path, cfg) -> None:
     """ONNX Runtime's transformer optimizer in place (SkipLayerNormalization, BiasGelu), metadata kept."""
     optimizer = require("onnxruntime.transformers.optimizer")
@@ -102,6 +142,8 @@ def fuse_residuals(path: Path, cfg) -> None:
                                      optimization_options=options, opt_level=0)
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v and k in FUSED_KINDS}
     fused_proto = model.model
+    if n := skip_full_masks(fused_proto.graph):
+        fused["MultiHeadAttention (mask skipped when all keys valid)"] = n
     del fused_proto.metadata_props[:]
     for k, v in props.items():
         fused_proto.metadata_props.add(key=k, value=v)
