@@ -2,8 +2,8 @@
 
     python benchmarks/run_benchmarks.py [--images DIR] [--config sat_644] [--iters 5] [--out benchmarks/results]
 
-Runs `sathmr bench` (PyTorch dynamic vs ONNX Runtime, exported on the fly, interleaved) on the test
-images with the full-size network — random weights and the synthetic body model unless --checkpoint /
+Runs `sathmr bench` (PyTorch dynamic vs ONNX Runtime on the default two-stage export, made on the fly;
+each backend in its own process, interleaved pass by pass) on the test images with the full-size network — random weights and the synthetic body model unless --checkpoint /
 --smpl-dir are given, which changes nothing in the speed of the dense network but is said in the output —
 plus the scaling sweep, and writes ``results.json`` (every figure + the machine description),
 ``results.md`` (the README section) and ``scaling.png`` into --out.
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES if DEFAULT_IMAGES.is_dir() else None,
                     help="folder of test images (default: the project's test images; synthetic when absent)")
     ap.add_argument("--config", default="sat_644")
-    ap.add_argument("--backends", default="torch,torch-static,ort")
+    ap.add_argument("--backends", default="torch,ort")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--smpl-dir", default=None)
     ap.add_argument("--iters", type=int, default=3)

@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from sathmr.backends import Backend, load_backend
+from sathmr.backends import Backend, open_model
 from sathmr.body import load_body_model
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
@@ -61,11 +61,13 @@ class Predictor:
         return results
 
     @torch.inference_mode()
-    def run_batch(self, items: Sequence[Prepared], names: Sequence[str], timer: StageTimer | None = None) -> BatchOutput:
+    def run_batch(self, items: Sequence[Prepared], names: Sequence[str], timer: StageTimer | None = None,
+                  thresholds: Sequence[Sequence[float]] | None = None) -> BatchOutput:
         """Prepared images → network → decoded outputs → people per threshold, with stage timings.
 
         ``timer`` (marked at the start of the network and after each stage) lets a caller time its own
-        stages before this one on the same clock (CUDA events on GPU).
+        stages before this one on the same clock (CUDA events on GPU). ``thresholds`` (one sequence per
+        item; default the predictor's) lets the images of one batch ask for different thresholds (serve).
         """
         images, img_hw = collate(list(items), self.backend.canvas_hw)
         timer = timer or StageTimer()
@@ -73,13 +75,17 @@ class Predictor:
         net = self.backend.run(images, img_hw)
         timer.mark()
         decoded = as_arrays(decode_outputs(net, img_hw, self.body_model, self.cfg, self.with_verts), self.cfg)
-        results = [self._image_result(decoded, i, p, name) for i, (p, name) in enumerate(zip(items, names))]
+        per_item = thresholds if thresholds is not None else [self.thresholds] * len(items)
+        if len(per_item) != len(items):
+            raise ValueError(f"{len(per_item)} threshold sets for {len(items)} images")
+        results = [self._image_result(decoded, i, p, name, ts)
+                   for i, (p, name, ts) in enumerate(zip(items, names, per_item))]
         timer.mark()
         network, post = timer.intervals()[-2:]
         return BatchOutput(results, net, decoded, {"network": network, "postprocess": post})
 
-    def _image_result(self, arrays: dict, i: int, p: Prepared, name: str) -> ImageResult:
-        people = {t: select_people(arrays, i, t, p.scale, self.with_verts) for t in self.thresholds}
+    def _image_result(self, arrays: dict, i: int, p: Prepared, name: str, thresholds: Sequence[float]) -> ImageResult:
+        people = {t: select_people(arrays, i, t, p.scale, self.with_verts) for t in thresholds}
         counts, overflow = arrays["tok_counts"][i], arrays["tok_overflow"][i]
         raw = {k: arrays[k][i] for k in RAW_OUTPUTS if k in arrays}
         raw["input"] = p.tensor.numpy()
@@ -119,11 +125,12 @@ def load_body_for(backends: Sequence[Backend], smpl_dir=None, device: str = "cpu
     return body
 
 
-def load_predictor(backend: str = "torch", checkpoint=None, smpl_dir=None, config: str | None = None,
+def load_predictor(backend: str | None = None, checkpoint=None, smpl_dir=None, config: str | None = None,
                    device: str = "cpu", thresholds: Sequence[float] = (0.3,), model_path=None,
                    with_verts: bool = True, **backend_options) -> tuple[Predictor, dict]:
-    """Build the backend and the body model; returns the predictor and what was loaded."""
-    be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=smpl_dir,
-                      device=device, **backend_options)
+    """Build the backend (:func:`sathmr.backends.open_model`: ``model_path`` may be any model file, export
+    or registry name, and implies the backend) and the body model; returns the predictor and what was loaded."""
+    be = open_model(model_path, backend, checkpoint=checkpoint, config=config, smpl_dir=smpl_dir, device=device,
+                    **backend_options)
     body = load_body_for([be], smpl_dir, device)
     return Predictor(be, body, thresholds, with_verts), be.info

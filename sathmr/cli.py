@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-
 import traceback
 
 import click
@@ -17,8 +16,10 @@ from sathmr.errors import SathmrError
 from sathmr.export.cli import export_command
 from sathmr.infer import infer_command
 from sathmr.parity import parity_command
+from sathmr.serve.cli import serve_command
 from sathmr.train.cli import eval_command, train_command
 from sathmr.train.data.cli import data
+from sathmr.zoo.cli import models_command, weights_group
 
 
 class Group(click.Group):
@@ -49,5 +50,5 @@ def main(debug: bool) -> None:
 
 
 for command in (assets, infer_command, demo_command, data, train_command, eval_command, export_command,
-                parity_command, bench_command):
+                parity_command, bench_command, serve_command, models_command, weights_group):
     main.add_command(command)

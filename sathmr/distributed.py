@@ -12,10 +12,13 @@ listing every process enumerates identically goes to process ``i mod N``. No uni
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import click
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from sathmr.errors import SathmrError
 
@@ -75,8 +78,6 @@ class ProcessGroup:
         """``obj`` from every process, in rank order, on every process (a barrier too)."""
         if self.world == 1:
             return [obj]
-        from accelerate.utils import gather_object
-
         return gather_object([obj])
 
     def echo(self, message: str, err: bool = False) -> None:
@@ -98,8 +99,6 @@ def start(device: str = "cpu") -> ProcessGroup:
     if cuda and device != "cuda":
         raise SathmrError(f"--device {device} with {world} processes: use --device cuda (each process takes its "
                           "local GPU; choose GPUs with CUDA_VISIBLE_DEVICES)")
-    from accelerate import PartialState
-
     state = PartialState(cpu=not cuda)
     if state.num_processes != world:
         raise SathmrError(f"the launcher started {world} processes but they formed no process group "

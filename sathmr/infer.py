@@ -18,13 +18,13 @@ import torch
 from tqdm import tqdm
 
 from sathmr.api import Predictor, load_predictor
-from sathmr.backends import BACKENDS
 from sathmr.distributed import ProcessGroup, start
 from sathmr.errors import SathmrError
+from sathmr.formats import model_options
 from sathmr.io import VideoSource, ensure_writable, iter_inputs, write_json, write_npz, write_png
 from sathmr.meshes import write_meshes
 from sathmr.pipeline import Failed, PipelineStats, Skipped, Work, run_pipeline, stop_on_sigint
-from sathmr.postprocess import ImageResult
+from sathmr.postprocess import ImageResult, image_json
 from sathmr.preprocess import DEFAULT_MAX_PIXELS
 from sathmr.render import result_mosaic
 from sathmr.render_raster import index_colors
@@ -88,15 +88,7 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
         if plan.smpl:
             write_smpl_params(plan.tdir(t) / f"{res.name}_smpl.npz", people, res.intrinsics, res.orig_hw,
                               res.img_hw, res.scale)
-        write_json(plan.tdir(t) / f"{res.name}.json", {
-            "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),
-            "resize_rate": res.scale, "threshold": t, "backend": predictor.backend.name,
-            "camera": {"focal_px_resized": cfg.focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
-                       "note": "3D outputs are in the camera frame of the resized image; divide pixel "
-                               "quantities by resize_rate for the original image (boxes and joints2d already are)"},
-            "tokens": res.tokens.to_json(), "num_people": len(people),
-            "people": [p.to_json() if ids is None else {"track_id": i, **p.to_json()} for i, p in zip(ids or people, people)],
-        })
+        write_json(plan.tdir(t) / f"{res.name}.json", image_json(res, t, source, predictor.backend.name, cfg.focal, ids))
 
 
 @dataclass
@@ -215,9 +207,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
               "('photos/**/*.jpg'), a .txt/.lst file listing paths, one per line, a webcam index (0) or a stream URL "
               "(rtsp://..., http://...).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (.pth official or .safetensors); default: weights/ or the embedded model.")
-@click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
+@model_options
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl).")
 @click.option("--threshold", "-t", "thresholds", type=float, multiple=True, default=(0.3,), show_default=True, help="Detection threshold; repeat for several.")

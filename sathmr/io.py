@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from sathmr.errors import SathmrError
+from sathmr.files import atomic_write
 from sathmr.input_files import find_inputs
 from sathmr.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image
 from sathmr.video.source import VIDEO_SUFFIXES, FrameReader, VideoSource, is_video_file, source_from_spec
@@ -85,27 +85,19 @@ def ensure_writable(folder: Path) -> None:
         raise SathmrError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
-def write_png(path: Path, img_bgr: np.ndarray) -> None:
+def encode_png(img_bgr: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", img_bgr)
     if not ok:
-        raise SathmrError(f"cannot encode PNG for {path}")
-    atomic_write(path, buf.tobytes())
+        raise SathmrError(f"cannot encode a PNG of a {img_bgr.shape} {img_bgr.dtype} image")
+    return buf.tobytes()
+
+
+def write_png(path: Path, img_bgr: np.ndarray) -> None:
+    atomic_write(path, encode_png(img_bgr))
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -12,6 +12,11 @@ EXTRAS = {
     "onnxruntime": ("ort", "the ONNX Runtime backend"),
     "tensorrt": ("gpu", "the TensorRT backend and export"),
     "matplotlib": ("bench", "the scaling plot of sathmr bench"),
+    "fastapi": ("serve", "sathmr serve"),
+    "uvicorn": ("serve", "sathmr serve"),
+    "multipart": ("serve", "multipart uploads to sathmr serve (python-multipart)"),
+    "prometheus_client": ("serve", "the metrics of sathmr serve"),
+    "ray": ("ray", "replicas under Ray Serve (sathmr serve --ray-replicas)"),
 }
 
 

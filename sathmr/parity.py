@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from sathmr.api import Predictor, load_body_for
-from sathmr.backends import BACKENDS, load_backend
+from sathmr.backends import BACKENDS, open_model
 from sathmr.errors import SathmrError
 from sathmr.io import iter_images, write_json
 from sathmr.postprocess import box_iou
@@ -53,7 +53,7 @@ def xyxy(boxes: np.ndarray) -> np.ndarray:
 def token_set(net: dict) -> set[tuple[int, int, int]]:
     lvl, yx = net["tok_lvl"][0], net["tok_yx"][0]
     keep = lvl >= 0
-    return {(int(l), int(y), int(x)) for l, (y, x) in zip(lvl[keep].tolist(), yx[keep].tolist())}
+    return {(int(lv), int(y), int(x)) for lv, (y, x) in zip(lvl[keep].tolist(), yx[keep].tolist())}
 
 
 @dataclass
@@ -166,8 +166,9 @@ def compare_backends(a: Predictor, b: Predictor, items: list[Prepared], names: l
 @click.command("parity")
 @click.option("--a", "name_a", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--b", "name_b", type=click.Choice(list(BACKENDS)), default="ort", show_default=True)
-@click.option("--model", "model_path", type=click.Path(), help="Exported model (folder or file) for an ort/trt side.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights of the torch side (default: weights/ or embedded).")
+@click.option("--model", "model_path", help="Exported model (folder or file) for an ort/trt side.")
+@click.option("--checkpoint", help="Weights (path or name from `sathmr models`) of a torch side, and what an "
+              "exported side must come from (default: weights/ or embedded).")
 @click.option("--config", default=None, help="Model config of an official checkpoint.")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (must match the exported model's).")
 @click.option("--input", "-i", "inputs", required=True, type=click.Path(exists=True), help="Image or folder of images.")
@@ -178,8 +179,11 @@ def compare_backends(a: Predictor, b: Predictor, items: list[Prepared], names: l
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
 def parity_command(name_a, name_b, model_path, checkpoint, config, smpl_dir, inputs, device, threshold, tol_mm, json_path):
     """Run the same images through two backends and compare outputs; exit 1 when over tolerance."""
-    backends = [load_backend(n, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=smpl_dir,
-                             device=device) for n in (name_a, name_b)]
+    def side(name: str):   # a torch side runs the weights; an exported side runs --model, checked against them
+        exported = BACKENDS[name][0]
+        return open_model(model_path if exported else checkpoint, name, checkpoint=checkpoint if exported else None,
+                          config=config, smpl_dir=smpl_dir, device=device)
+    backends = [side(n) for n in (name_a, name_b)]
     body = load_body_for(backends, smpl_dir, device)
     pa, pb = (Predictor(be, body, (threshold,)) for be in backends)
     items, names = [], []

@@ -7,6 +7,7 @@ results back to original image pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -171,3 +172,20 @@ def select_people(decoded: dict[str, np.ndarray], i: int, threshold: float, scal
             vertices=decoded["pred_verts"][i, q] if with_verts else None, query=int(q)))
     people.sort(key=lambda p: -p.score)
     return people
+
+
+def image_json(res: ImageResult, threshold: float, source: str, backend: str, focal: float,
+               track_ids: Sequence[int] | None = None) -> dict:
+    """The per-image answer at one threshold: what ``sathmr infer`` writes as ``<name>.json`` and
+    ``sathmr serve`` returns; ``track_ids`` (one per person, a video frame) add ``track_id``."""
+    people = res.people[threshold]
+    return {
+        "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),
+        "resize_rate": res.scale, "threshold": threshold, "backend": backend,
+        "camera": {"focal_px_resized": focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
+                   "note": "3D outputs are in the camera frame of the resized image; divide pixel "
+                           "quantities by resize_rate for the original image (boxes and joints2d already are)"},
+        "tokens": res.tokens.to_json(), "num_people": len(people),
+        "people": [p.to_json() if track_ids is None else {"track_id": int(i), **p.to_json()}
+                   for i, p in zip(track_ids if track_ids is not None else people, people)],
+    }

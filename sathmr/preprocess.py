@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from sathmr.errors import SathmrError
 
@@ -33,12 +34,7 @@ class Prepared:
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image as BGR uint8 like the original's ``cv2.imread`` (EXIF orientation applied; 16-bit
-    scaled to 8, grey expanded, alpha dropped, CMYK converted), or raise a one-line error.
-
-    The size is read from the header first, so an image over ``max_pixels`` is refused before any
-    pixel is decoded; a JPEG cut short (which OpenCV 4 fills with grey) is refused too.
-    """
+    """Read an image file as BGR uint8 (see :func:`decode_image`), or raise a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise SathmrError(f"image not found: {path}")
@@ -46,25 +42,33 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         data = path.read_bytes()
     except OSError as exc:
         raise SathmrError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, str(path), max_pixels)
+
+
+def decode_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image like the original's ``cv2.imread`` (EXIF orientation applied; 16-bit
+    scaled to 8, grey expanded, alpha dropped, CMYK converted), or raise a one-line error naming ``source``.
+
+    The size is read from the header first, so an image over ``max_pixels`` is refused before any
+    pixel is decoded; a JPEG cut short (which OpenCV 4 fills with grey) is refused too.
+    """
     if not data:
-        raise SathmrError(f"empty file (0 bytes): {path}")
+        raise SathmrError(f"empty file (0 bytes): {source}")
     size = header_size(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise SathmrError(f"image of {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over the limit of "
-                          f"{max_pixels:,} (--max-pixels): {path}")
+                          f"{max_pixels:,} (--max-pixels): {source}")
     if data[:2] == JPEG_SOI and not jpeg_is_complete(data):
-        raise SathmrError(f"truncated JPEG (the file ends before its image data does): {path}")
+        raise SathmrError(f"truncated JPEG (the file ends before its image data does): {source}")
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise SathmrError(f"cannot decode image (not an image, corrupt or unsupported): {path}")
+        raise SathmrError(f"cannot decode image (not an image, corrupt or unsupported): {source}")
     return img
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding pixels (PIL's lazy open); None when PIL
     cannot tell (OpenCV then decides whether the file is an image)."""
-    from PIL import Image
-
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None       # our own limit applies, with a message that names it
     try:

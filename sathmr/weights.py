@@ -15,20 +15,14 @@ from pathlib import Path
 from sathmr.body import default_smpl_dir, generate_synthetic, load_mean_params
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
+from sathmr.files import cache_dir, weights_dir
 from sathmr.model.checkpoint import load_model
 from sathmr.model.sathmr import SATHMR
+from sathmr.zoo.local import default_checkpoint, locate
+from sathmr.zoo.registry import EMBEDDED, MODELS
 
-OFFICIAL_NAMES = ("sat_644.pth", "sat_644_agora.pth", "sat_644_3dpw.pth")
-EMBEDDED = Path(__file__).parent / "data" / "default_tiny.safetensors"
-
-
-def weights_dir() -> Path:
-    return Path(os.environ.get("SATHMR_WEIGHTS", "weights"))
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("SATHMR_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sathmr")
-    return Path(base)
+__all__ = ["EMBEDDED", "Resolved", "cache_dir", "checkpoint_path", "load_network", "resolve", "synthetic_smpl_dir",
+           "weights_dir"]
 
 
 def synthetic_smpl_dir(size: str = "tiny") -> Path:
@@ -52,22 +46,32 @@ class Resolved:
     note: str                    # what was picked and why, printed for the user
 
 
+def checkpoint_path(spec: str | Path) -> Path:
+    """A checkpoint given as a path or as a registry name (``sat_644_3dpw``: its file in weights/)."""
+    path = locate(spec, "checkpoint")
+    if not path.is_file():
+        raise SathmrError(f"{path} is a folder, not a checkpoint file (an export? pass it with --model)")
+    return path
+
+
 def resolve(checkpoint: str | Path | None, smpl_dir: str | Path | None) -> Resolved:
-    """Pick the checkpoint and body model; say plainly when real weights are absent."""
+    """Pick the checkpoint (a path or registry name; default: the first official one in weights/, else the
+    embedded default) and the body model that goes with it; say plainly when real weights are absent."""
     if checkpoint is not None:
-        ckpt = Path(checkpoint)
-        if not ckpt.is_file():
-            raise SathmrError(f"checkpoint not found: {ckpt}")
+        ckpt = checkpoint_path(checkpoint)
+        ckpt = None if ckpt.resolve() == EMBEDDED else ckpt
     else:
-        found = [weights_dir() / n for n in OFFICIAL_NAMES if (weights_dir() / n).is_file()]
-        ckpt = found[0] if found else None
+        ckpt = default_checkpoint()
     if ckpt is None:
         if not EMBEDDED.is_file():
             raise SathmrError(f"no checkpoint given, none in {weights_dir()}/ and no embedded default packaged")
         smpl = Path(smpl_dir) if smpl_dir else synthetic_smpl_dir("tiny")
-        note = (f"no SAT-HMR weights in {weights_dir()}/ ({', '.join(OFFICIAL_NAMES)}): using the embedded "
-                "default, a tiny model trained on synthetic mannequins (not a model of real people) with the "
-                "synthetic body model. See weights/README.md for the official weights.")
+        official = ", ".join(n for n, e in MODELS.items() if e.kind == "checkpoint" and e.hub is not None)
+        note = ("using the embedded default, a tiny model trained on synthetic mannequins (not a model of real "
+                "people) with the synthetic body model" if checkpoint is not None else
+                f"no SAT-HMR weights in {weights_dir()}/ ({official}): using the embedded default, a tiny model "
+                "trained on synthetic mannequins (not a model of real people) with the synthetic body model. "
+                "Get the official weights with `sathmr weights fetch sat_644` (see `sathmr models`).")
         return Resolved(None, smpl, True, note)
     smpl = Path(smpl_dir) if smpl_dir else default_smpl_dir()
     return Resolved(ckpt, smpl, False, f"weights: {ckpt}; body model: {smpl}")

@@ -55,7 +55,7 @@ def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
     result, _, _ = bench_run
     assert set(result["backends"]) == {"torch", "ort"}
     n_images = len(result["inputs"]["names"])
-    for name, r in result["backends"].items():
+    for r in result["backends"].values():
         for stage in STAGES:
             st = r["stages"][stage]
             assert st["n"] == 2 * n_images                          # warm-up excluded, one sample per batch

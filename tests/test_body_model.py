@@ -21,10 +21,9 @@ LEFT_TIPS, RIGHT_TIPS = slice(24 + 11, 24 + 16), slice(24 + 16, 24 + 21)
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smpl_tiny")
-    generate_synthetic(out, "tiny")
-    return out
+def tiny_dir(smpl_tiny):
+    """The session's tiny synthetic body model (tests only read it)."""
+    return smpl_tiny
 
 
 @pytest.fixture(scope="module")

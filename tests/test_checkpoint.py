@@ -8,8 +8,9 @@ import torch
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
 from sathmr.model import build_model
-from helpers import random_official_state_dict
 from sathmr.model.checkpoint import from_official, load_model, load_on_canvas, resize_pos_grid, save_checkpoint, to_official
+
+from helpers import random_official_state_dict
 
 MANIFEST = Path(__file__).parent / "data" / "official_state_dict_manifest.tsv"
 FULL = get_config("sat_644")
@@ -37,7 +38,7 @@ def manifest_state(full_model):
     rows = read_manifest()
     ours = to_official(full_model.state_dict(), FULL)
     state = {}
-    for key, (shape, dtype, alias) in rows.items():
+    for key, (shape, dtype, _alias) in rows.items():
         if key in ours:
             state[key] = ours[key]
         else:  # human_model.* buffers: synthetic stand-ins of the right shape

@@ -14,10 +14,8 @@ from sathmr.errors import SathmrError
 from sathmr.preprocess import MEAN, STD
 from sathmr.render import render_meshes
 from sathmr.train.data.augment import AugParams, augment_intrinsics, color_jitter, occlude
-from sathmr.train.data.geometry import (FLIP_PERM, embed_3x3, flip_pose, matrix_to_rotvec, project, rotation_2d,
-                                        rotvec_to_matrix)
-from sathmr.train.data.pipeline import (BodyModels, HMRDataset, SampleBuilder, collate, cxcywh_to_xyxy,
-                                        stack_images)
+from sathmr.train.data.geometry import FLIP_PERM, embed_3x3, flip_pose, matrix_to_rotvec, project, rotation_2d, rotvec_to_matrix
+from sathmr.train.data.pipeline import BodyModels, HMRDataset, SampleBuilder, collate, cxcywh_to_xyxy, stack_images
 from sathmr.train.data.readers import ImageRecord
 from sathmr.train.data.scale_map import build_scale_map, subdivide_once, unique_edges
 

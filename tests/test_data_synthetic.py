@@ -13,11 +13,11 @@ from sathmr.config import get_config
 from sathmr.errors import SathmrError
 from sathmr.train.data.annots_io import load_annots
 from sathmr.train.data.augment import AugParams
-from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.cli import data
+from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels, HMRDataset, SampleBuilder
-from sathmr.train.data.readers import open_dataset
 from sathmr.train.data.poses import plausible_pose
+from sathmr.train.data.readers import open_dataset
 from sathmr.train.data.synthetic import generate_dataset, make_scene
 
 CFG = get_config("tiny")

@@ -254,6 +254,7 @@ def test_train_two_processes_equal_one_with_the_doubled_batch(same_size_train_se
     focal loss is a mean over each process's in-image cells).
     """
     from safetensors.torch import load_file
+
     from sathmr.body import load_mean_params
     from sathmr.model.checkpoint import load_model
     from sathmr.train.cli import open_sets

@@ -19,21 +19,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import graph_op_types
 from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend, load_backend
 from sathmr.backends.ort_backend import providers_for
 from sathmr.bench.scaling import forced_layout
+from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
 from sathmr.cli import main
 from sathmr.errors import SathmrError
 from sathmr.export.meta import FORMAT_TAG, GRAPHS, file_sha256, read_artifact
 from sathmr.export.onnx import export_graph
 from sathmr.export.trt import profile_shapes
-from sathmr.bench.setup import random_network
 from sathmr.model.checkpoint import save_checkpoint
 from sathmr.parity import compare_backends
 from sathmr.preprocess import collate, prepare, read_image
+
+from helpers import graph_op_types
 
 TOL_REL = 1e-5
 TOL_MM = 0.05
@@ -184,10 +185,18 @@ def test_metadata_mismatch_fails_clearly(tiny_export, tiny_ckpt, smpl_tiny, real
 
 def test_damaged_mixed_and_old_exports_are_refused(tiny_export, tmp_path):
     src = tiny_export.path
+
     def copy(name):
         d = tmp_path / name
         shutil.copytree(src, d)
         return d
+
+    def set_prop(path, key, value):
+        proto = onnx.load(str(path))
+        for p in proto.metadata_props:
+            if p.key == key:
+                p.value = value
+        onnx.save(proto, str(path))
     # one graph missing
     d = copy("missing")
     (d / "tokens.onnx").unlink()
@@ -195,20 +204,12 @@ def test_damaged_mixed_and_old_exports_are_refused(tiny_export, tmp_path):
         OrtBackend.from_file(d)
     # a graph from another export (same model, other export id)
     d = copy("mixed")
-    proto = onnx.load(str(d / "tokens.onnx"))
-    for p in proto.metadata_props:
-        if p.key == "sathmr.export_id":
-            p.value = "another-export"
-    onnx.save(proto, str(d / "tokens.onnx"))
+    set_prop(d / "tokens.onnx", "sathmr.export_id", "another-export")
     with pytest.raises(SathmrError, match="different exports"):
         OrtBackend.from_file(d)
     # an export of an older sathmr, one without our metadata, junk, a graph file given alone
     d = copy("old")
-    proto = onnx.load(str(d / "scale_map.onnx"))
-    for p in proto.metadata_props:
-        if p.key == "sathmr.format":
-            p.value = "sathmr-onnx-1"
-    onnx.save(proto, str(d / "scale_map.onnx"))
+    set_prop(d / "scale_map.onnx", "sathmr.format", "sathmr-onnx-1")
     with pytest.raises(SathmrError, match=f"expected {FORMAT_TAG}.*re-export"):
         OrtBackend.from_file(d)
     d = copy("plain")

@@ -1,8 +1,6 @@
 """`sathmr infer` end to end: outputs, raw outputs, resume, bad inputs, full-size forward on a real image."""
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +10,9 @@ from click.testing import CliRunner
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.model import build_model
-from helpers import random_official_state_dict
 from sathmr.model.checkpoint import save_checkpoint
 
+from helpers import random_official_state_dict
 
 
 @pytest.fixture(scope="module")

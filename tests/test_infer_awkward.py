@@ -1,16 +1,14 @@
 """`sathmr infer` (embedded default) on awkward inputs: nothing crashes the run, every bad file is listed."""
 
 import json
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from sathmr.cli import main
+
 from test_inputs import exif_rotated_jpeg, smooth_image, write
 
 
@@ -62,7 +60,7 @@ def test_exif_rotated_photo_gives_the_same_people(tmp_path, embedded):
     scene = next((tmp_path / "scene" / "bedlam" / "validation").glob("*.png"))
     img = cv2.imread(str(scene))
     (tmp_path / "in").mkdir()
-    Image.fromarray(img[:, :, ::-1]).save(tmp_path / "in" / "upright.jpg", quality=98)
+    Image.fromarray(img[:, :, ::-1]).save(tmp_path / "in" / "upright.jpg", quality=100, subsampling=0)
     exif_rotated_jpeg(tmp_path / "in" / "turned.jpg", img)
     out = tmp_path / "out"
     assert infer("-i", tmp_path / "in", "-o", out, "--no-overlay", "-t", "0.2").exit_code == 0

@@ -10,8 +10,8 @@ from PIL import Image
 
 from sathmr.errors import SathmrError
 from sathmr.io import iter_images, iter_inputs
-from sathmr.video.source import VideoSource
 from sathmr.preprocess import jpeg_is_complete, read_image
+from sathmr.video.source import VideoSource
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -42,7 +42,7 @@ def exif_rotated_jpeg(path: Path, upright_bgr: np.ndarray) -> Path:
     exif = Image.Exif()
     exif[0x0112] = 6
     stored = np.ascontiguousarray(np.rot90(upright_bgr, 1)[:, :, ::-1])
-    Image.fromarray(stored).save(path, quality=98, exif=exif.tobytes())
+    Image.fromarray(stored).save(path, quality=100, subsampling=0, exif=exif.tobytes())   # 4:4:4: ~1 level of loss
     return path
 
 

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from sathmr.errors import SathmrError
-from sathmr.train.metrics import (EvalAccumulator, detection_scores, joint_box_iou, match_people,
-                                  procrustes_align, write_agora_submission)
+from sathmr.train.metrics import (
+    EvalAccumulator,
+    detection_scores,
+    joint_box_iou,
+    match_people,
+    procrustes_align,
+    write_agora_submission,
+)
 
 
 def skeleton(center=(500.0, 500.0), size=100.0) -> np.ndarray:

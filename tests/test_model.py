@@ -8,8 +8,14 @@ import torch.nn.functional as F
 
 from sathmr.config import get_config
 from sathmr.model import build_model
-from sathmr.model.geometry import (axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle, rotmat_to_rot6d,
-                                   sine_embed, sine_xy)
+from sathmr.model.geometry import (
+    axis_angle_to_rotmat,
+    rot6d_to_rotmat,
+    rotmat_to_axis_angle,
+    rotmat_to_rot6d,
+    sine_embed,
+    sine_xy,
+)
 from sathmr.model.tokens import TokenBudget, TokenSelector
 
 TINY = get_config("tiny")
@@ -24,8 +30,8 @@ def tiny_model():
 def footprint(yx, lvl, grid0):
     """Level-0 cells covered by each token → coverage count map."""
     cover = torch.zeros(grid0, grid0, dtype=torch.int64)
-    for (y, x), l in zip(yx.tolist(), lvl.tolist()):
-        s = 2 ** l
+    for (y, x), lv in zip(yx.tolist(), lvl.tolist()):
+        s = 2 ** lv
         cover[y * s:(y + 1) * s, x * s:(x + 1) * s] += 1
     return cover
 

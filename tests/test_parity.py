@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import Shifted
 from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend
 from sathmr.bench.setup import random_network, spread_heads
@@ -23,6 +21,8 @@ from sathmr.model.checkpoint import save_checkpoint
 from sathmr.parity import box_iou, compare_backends
 from sathmr.preprocess import collate, prepare, read_image
 from sathmr.weights import synthetic_smpl_dir
+
+from helpers import Shifted
 
 TINY = get_config("tiny")
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from sathmr.errors import SathmrError
-from sathmr.render import (coolwarm, draw_scale_map, draw_tokens, overlay_mosaic, person_colors,
-                           render_meshes)
+from sathmr.render import coolwarm, draw_scale_map, draw_tokens, overlay_mosaic, person_colors, render_meshes
 from sathmr.render_raster import AMBIENT, DIFFUSE
 
 F = 500.0
@@ -178,7 +177,7 @@ def test_coolwarm_matches_matplotlib_anchor_values():
 
 
 def test_scale_map_panel():
-    patch, cell = 14, 28
+    cell = 28
     img = np.full((70, 90, 3), 100, np.uint8)                   # grid of 28 px runs past: 3 x 4 cells
     sm = np.zeros((3, 4, 2), np.float32)
     sm[1, 2] = [0.9, 0.25]                                      # confident: coolwarm(1 - 0.5)

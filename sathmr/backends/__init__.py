@@ -3,6 +3,8 @@
 Every backend takes the preprocessed batch and returns the network outputs named in
 ``sathmr.model.sathmr.NET_OUTPUTS``; pre- and post-processing are shared code around them. The
 optional engines (onnxruntime, tensorrt) are imported only when a backend that needs them is opened.
+Which backend runs which file is :data:`sathmr.formats.FORMATS`; :func:`open_model` is the way in from
+what a user typed (``--model``, ``--backend``, ``--checkpoint``).
 """
 
 from __future__ import annotations
@@ -14,25 +16,19 @@ from sathmr.backends.ort_backend import OrtBackend
 from sathmr.backends.torch_backend import TorchBackend
 from sathmr.backends.trt_backend import TrtBackend
 from sathmr.errors import SathmrError
+from sathmr.formats import BACKENDS, choose_model, format_of_backend, validate_options
 from sathmr.model.sathmr import SATHMR
-
-#: backend name → (built from an exported file, what it is)
-BACKENDS: dict[str, tuple[bool, str]] = {
-    "torch": (False, "PyTorch, dynamic token set (the reference)"),
-    "torch-static": (False, "PyTorch with the fixed token budgets of the static graph"),
-    "ort": (True, "ONNX Runtime on an exported model"),
-    "trt": (True, "TensorRT on a built engine"),
-}
 
 
 def load_backend(name: str, *, checkpoint: str | Path | None = None, model_path: str | Path | None = None,
                  model: SATHMR | None = None, config: str | None = None, smpl_dir: str | Path | None = None,
                  device: str = "cpu", **options) -> Backend:
     """A backend by name: torch ones from a checkpoint (or an in-memory ``model``), ort/trt from an
-    exported file (``checkpoint``/``config``, when given, must be the ones it was exported from)."""
-    if name not in BACKENDS:
-        raise SathmrError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    if name in ("torch", "torch-static"):
+    exported file (``checkpoint``/``config``, when given, must be the ones it was exported from).
+    ``options`` are the backend's own (see ``FORMATS``); one its format would ignore is refused."""
+    fmt = format_of_backend(name)
+    validate_options(fmt, options, f"the {name} backend")
+    if fmt.name == "checkpoint":
         return TorchBackend.from_checkpoint(checkpoint, config, smpl_dir, device, static=name == "torch-static",
                                             model=model, **options)
     if model_path is None:
@@ -41,4 +37,21 @@ def load_backend(name: str, *, checkpoint: str | Path | None = None, model_path:
     return cls.from_file(model_path, device=device, config=config, checkpoint=checkpoint, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "OrtBackend", "TorchBackend", "TrtBackend", "load_backend"]
+def open_model(model: str | Path | None = None, backend: str | None = None, *, checkpoint: str | Path | None = None,
+               config: str | None = None, smpl_dir: str | Path | None = None, device: str = "cpu",
+               **options) -> Backend:
+    """The backend for a model spec: what every command (and ``sathmr serve``) calls.
+
+    ``model``: a checkpoint (``.pth``/``.safetensors``), an export (two-stage folder, ``.onnx``,
+    ``.engine``) or a registry name (``sat_644_3dpw``); None: the first official checkpoint in the
+    weights folder, else the embedded default. ``backend`` overrides the one the file implies
+    (``torch-static``). ``checkpoint`` is an alias of ``model`` for weights, or, next to an export,
+    the weights it must come from. ``options`` go to the backend (``threads`` for ort, ``budget``
+    for torch-static) and are refused where the format would ignore them.
+    """
+    choice = choose_model(model, backend, checkpoint)
+    return load_backend(choice.backend, checkpoint=choice.checkpoint, model_path=choice.model_path, config=config,
+                        smpl_dir=smpl_dir, device=device, **options)
+
+
+__all__ = ["BACKENDS", "Backend", "OrtBackend", "TorchBackend", "TrtBackend", "load_backend", "open_model"]

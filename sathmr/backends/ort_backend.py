@@ -40,10 +40,13 @@ def providers_for(device: str, available: list[str]) -> list:
     raise SathmrError(f"--device {device!r}: the ort backend supports cpu, cuda, cuda:N")
 
 
-def session_options(ort, threads: int | None):
+def session_options(ort, threads: int | None, cpu: bool = True):
     """Intra-op threads as asked (default: ORT's, one per core), one inter-op thread (the graphs are a
-    chain of large ops: parallel branches buy nothing), every graph optimisation ORT has."""
+    chain of large ops: parallel branches buy nothing), every graph optimisation ORT has. On the CPU no
+    memory arena: with token axes that change from image to image an arena keeps the largest image's
+    buffers for good (measured at full size: peak RSS 1.93 → 1.71 GB, same speed)."""
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = not cpu
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -82,13 +85,13 @@ class OrtBackend(Backend):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
-                  config: str | None = None, checkpoint: str | Path | None = None) -> "OrtBackend":
+                  config: str | None = None, checkpoint: str | Path | None = None) -> OrtBackend:
         """Open ``path``; ``config``/``checkpoint``, when given, must be the ones it was exported from."""
         ort = require("onnxruntime")
         art = read_artifact(path)
         art.meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
         providers = providers_for(device, ort.get_available_providers())
-        opts = session_options(ort, threads)
+        opts = session_options(ort, threads, cpu=not device.startswith("cuda"))
         sessions = {g: open_session(ort, f, opts, providers, device) for g, f in art.files.items()}
         for g, s in sessions.items():
             names = tuple(i.name for i in s.get_inputs())

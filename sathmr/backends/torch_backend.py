@@ -39,7 +39,7 @@ class TorchBackend(Backend):
     def from_checkpoint(cls, checkpoint: str | Path | None = None, config: str | None = None,
                         smpl_dir: str | Path | None = None, device: str = "cpu", static: bool = False,
                         budget: TokenBudget | None = None, model: SATHMR | None = None,
-                        info: dict | None = None) -> "TorchBackend":
+                        info: dict | None = None) -> TorchBackend:
         """From a checkpoint (official or ours, or the default one), or from an in-memory ``model``."""
         if model is None:
             model, info = load_network(checkpoint, config, smpl_dir)

@@ -68,7 +68,7 @@ class TrtBackend(Backend):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cuda", config: str | None = None,
-                  checkpoint: str | Path | None = None) -> "TrtBackend":
+                  checkpoint: str | Path | None = None) -> TrtBackend:
         trt = require("tensorrt")
         dev = torch.device(device)
         if dev.type != "cuda" or not torch.cuda.is_available():

@@ -42,7 +42,8 @@ def parse_backends(text: str) -> list[str]:
               help=f"Comma-separated backends to compare ({', '.join(BACKENDS)}); empty with --scaling for the sweep only.")
 @click.option("--config", default=None, help="Model config (default sat_644: the full-size network).")
 @click.option("--images", type=click.Path(exists=True), help="Image or folder of images (default: two synthetic images).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights (default: random weights of the full architecture).")
+@click.option("--checkpoint", help="Weights: a file or a name from `sathmr models` (default: random weights of the "
+              "full architecture).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default: the synthetic body model).")
 @click.option("--model", "model_path", type=click.Path(exists=True), help="Exported ONNX model (folder or file) for ort (default: export on the fly).")
 @click.option("--engine", "engine_path", type=click.Path(exists=True), help="TensorRT engines (folder or file) for trt (default: built on the fly).")

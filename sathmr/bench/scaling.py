@@ -7,8 +7,8 @@ scale-adaptive tokens save compared with running every token at full resolution.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

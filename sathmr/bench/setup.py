@@ -14,7 +14,7 @@ from sathmr.body import load_body_model, load_mean_params
 from sathmr.config import get_config
 from sathmr.io import iter_images
 from sathmr.model import SATHMR, build_model
-from sathmr.weights import load_network, resolve, synthetic_smpl_dir
+from sathmr.weights import EMBEDDED, load_network, resolve, synthetic_smpl_dir
 
 # Scale-head biases for random weights. Random features barely cluster in space, so a conf bias of -1.5
 # marks nearly every 2x2 group as "person" and leaves no level-2 background. With these biases the
@@ -98,8 +98,9 @@ class Setup:
 
 
 def make_setup(config: str | None, checkpoint, smpl_dir, seed: int = 0) -> Setup:
-    if checkpoint is not None:
-        return Setup(config, str(checkpoint), resolve(checkpoint, smpl_dir).smpl_dir, seed)
+    if checkpoint is not None:   # a path or a registry name: every worker gets the file
+        res = resolve(checkpoint, smpl_dir)
+        return Setup(config, str(res.checkpoint or EMBEDDED), res.smpl_dir, seed)
     cfg = get_config(config or "sat_644")
     smpl = Path(smpl_dir) if smpl_dir else synthetic_smpl_dir("full" if cfg.name == "sat_644" else "tiny")
     return Setup(cfg.name, None, smpl, seed)

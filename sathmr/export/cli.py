@@ -13,6 +13,7 @@ from sathmr.errors import SathmrError
 from sathmr.export.meta import DEFAULT_OPSET, Artifact
 from sathmr.export.onnx import export_from_checkpoint
 from sathmr.export.trt import DEFAULT_MAX_BATCH, build_engines
+from sathmr.formats import EXPORT_FORMATS
 from sathmr.model.tokens import TokenBudget, stage_lengths
 
 #: options that only mean something with one format / layout (rejected elsewhere instead of ignored)
@@ -60,10 +61,11 @@ def describe(art: Artifact) -> str:
 
 
 @click.command("export")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="onnx", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(),
               help="A folder (two-stage, the default), or model.onnx / model.engine with --static-budget.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="SAT-HMR weights (default: weights/ or the embedded model).")
+@click.option("--checkpoint", help="SAT-HMR weights: a file or a name from `sathmr models` (default: weights/ or the "
+              "embedded model).")
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder; its fingerprint is stored in the model.")
 @click.option("--static-budget", is_flag=True,

@@ -31,6 +31,7 @@ from torch import nn
 from sathmr import __version__
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
+from sathmr.files import file_sha256  # noqa: F401 - exporters and backends import it from here
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import TokenBudget
 
@@ -49,14 +50,6 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 STAGES = ("scale_map", "tokens")
 ENGINE_MAGIC = b"SATHMR-TRT\x00"    # + little-endian u32 length + JSON metadata, then the serialized engine
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -139,7 +132,7 @@ class ExportMeta:
         }
 
     @classmethod
-    def from_props(cls, props: dict[str, str], source: str = "model", graph: str | None = None) -> "ExportMeta":
+    def from_props(cls, props: dict[str, str], source: str = "model", graph: str | None = None) -> ExportMeta:
         """Parse and validate; ``graph``, when given, is the graph the file must hold."""
         tag = props.get("sathmr.format")
         if tag != FORMAT_TAG:
@@ -189,7 +182,7 @@ class ExportMeta:
                               f"{self.body_fingerprint[:12]}…, --smpl-dir gives {body_fingerprint[:12]}…): "
                               "pass the --smpl-dir used at export, or re-export")
 
-    def with_extra(self, **extra) -> "ExportMeta":
+    def with_extra(self, **extra) -> ExportMeta:
         return replace(self, extra={**self.extra, **extra})
 
 

@@ -19,8 +19,7 @@ from sathmr.config import ModelConfig
 from sathmr.model.decoder import Decoder
 from sathmr.model.geometry import bicubic_half_matrix, sine_xy
 from sathmr.model.layers import MLP, Block, run_blocks
-from sathmr.model.tokens import (Selection, TokenBudget, TokenLayout, TokenSelector, cell_mask, token_layout,
-                                 token_outputs)
+from sathmr.model.tokens import Selection, TokenBudget, TokenLayout, TokenSelector, cell_mask, token_layout, token_outputs
 
 # Names of the network outputs, in the order an exported graph returns them.
 NET_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam",

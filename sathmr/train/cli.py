@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,11 +9,12 @@ import click
 import torch
 
 from sathmr.api import Predictor
-from sathmr.backends import BACKENDS, TorchBackend, load_backend
+from sathmr.backends import TorchBackend, load_backend
 from sathmr.body import default_smpl_dir, load_mean_params
 from sathmr.config import get_config
 from sathmr.distributed import launched_rank, start
 from sathmr.errors import SathmrError
+from sathmr.formats import choose_model, model_options
 from sathmr.io import write_json
 from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
@@ -22,7 +22,9 @@ from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
 from sathmr.train.data.readers import check_split
 from sathmr.train.engine import TrainConfig, evaluate, train
-from sathmr.weights import resolve
+from sathmr.weights import EMBEDDED, checkpoint_path, resolve
+from sathmr.zoo.local import model_file
+from sathmr.zoo.registry import MODELS
 
 PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
@@ -63,7 +65,8 @@ def metrics_table(metrics: dict) -> str:
 @click.option("--val-dataset", "val_sets", multiple=True, help="name:split evaluated after each epoch (default bedlam:validation_6fps if present).")
 @click.option("--config", default="sat_644", show_default=True)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
-@click.option("--init", "init", default=None, help="'dinov2:PATH' (pretrained backbone) or a SAT-HMR checkpoint (official or ours).")
+@click.option("--init", "init", default=None, help="'dinov2:PATH' or 'dinov2:dinov2_vitb14' (pretrained backbone), or a "
+              "SAT-HMR checkpoint (official or ours; a file or a name from `sathmr models`).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--batch-size", type=int, default=6, show_default=True)
@@ -93,9 +96,10 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
     model = build_model(cfg, torch.from_numpy(mp), torch.from_numpy(ms))
     if init:
         if init.startswith("dinov2:"):
-            init_from_dinov2(model, init.split(":", 1)[1])
+            src = init.split(":", 1)[1]                      # a file, or the registry's dinov2_vitb14
+            init_from_dinov2(model, model_file(src) if src in MODELS else src)
         else:   # a SAT-HMR checkpoint of this architecture, possibly on another canvas
-            model.load_state_dict(load_on_canvas(init, cfg, (mp, ms)).state_dict())
+            model.load_state_dict(load_on_canvas(checkpoint_path(init), cfg, (mp, ms)).state_dict())
     train_set = open_sets(data_root, parse_sets(datasets, "bedlam:train_6fps"), bodies, cfg, train=True, seed=seed)
     eval_fn = None
     vspecs = parse_sets(val_sets, "bedlam:validation_6fps")
@@ -119,9 +123,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.command("eval")
 @click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Default: weights/ or the embedded model.")
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--model", "model_path", type=click.Path(), help="Exported model (a two-stage folder or a .onnx/.engine file) for --backend ort|trt.")
+@model_options
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=None,
@@ -139,11 +141,13 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
     check_split(data_root, name, split)     # before any model is loaded
     group = start(device)
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
-    res = resolve(checkpoint, smpl_dir or (beside if beside.is_dir() and checkpoint is None else None))
-    if backend != "ort":
+    choice = choose_model(model_path, backend, checkpoint)
+    default = choice.checkpoint is None or choice.checkpoint.resolve() == EMBEDDED
+    res = resolve(choice.checkpoint, smpl_dir or (beside if beside.is_dir() and default else None))
+    if choice.model_path is None:
         group.echo(res.note, err=True)
-    be = load_backend(backend, checkpoint=checkpoint, model_path=model_path, config=config, smpl_dir=res.smpl_dir,
-                      device=group.device)
+    be = load_backend(choice.backend, checkpoint=choice.checkpoint, model_path=choice.model_path, config=config,
+                      smpl_dir=res.smpl_dir, device=group.device)
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from sathmr.model.geometry import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 
 
-
 @dataclass
 class DNQueries:
     """Denoising queries for one training forward.

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from sathmr.errors import SathmrError
+from sathmr.files import UMASK
 
 CODECS = ("avc1", "mp4v")          # preference order: H.264, then MPEG-4 Part 2 (in every OpenCV build)
 
@@ -89,6 +90,7 @@ class Mp4Writer:
             return
         self._writer.release()
         self._writer = None
+        os.chmod(self._tmp, 0o666 & ~UMASK)      # mkstemp's owner-only mode is not what the video should keep
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 from sathmr.errors import SathmrError
 from sathmr.pipeline import Failed, Skipped, Work

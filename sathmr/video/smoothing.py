@@ -18,8 +18,8 @@ files), so a missed frame is a longer step, not a skipped one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import torch

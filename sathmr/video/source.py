@@ -19,9 +19,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 from urllib.parse import urlparse
 
 import cv2
@@ -75,7 +75,7 @@ class VideoSource:
         """Files are skipped when their outputs are complete; live captures are new every time."""
         return self.kind == "file"
 
-    def open(self) -> "FrameReader":
+    def open(self) -> FrameReader:
         return FrameReader(self)
 
 
@@ -122,7 +122,7 @@ class FrameReader:
         with self._lock:
             self.cap.release()
 
-    def __enter__(self) -> "FrameReader":
+    def __enter__(self) -> FrameReader:
         return self
 
     def __exit__(self, *exc) -> None:

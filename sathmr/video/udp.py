@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 import numpy as np

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sathmr.body.pickle_io import RestrictedUnpickler
 from sathmr.errors import SathmrError
@@ -31,8 +32,6 @@ _EXTRA_GLOBALS: set[tuple[str, str]] = {
 
 def _storage_from_bytes(data: bytes) -> Any:
     """Safe replacement for ``torch.storage._load_from_bytes`` (which uses ``weights_only=False``)."""
-    import torch
-
     return torch.load(io.BytesIO(data), weights_only=True)
 
 

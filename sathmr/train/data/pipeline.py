@@ -7,19 +7,28 @@ visibility filter → boxes → occlusion → scale map → pad, colour-jitter, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
+from sathmr.body import load_body_model
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
 from sathmr.preprocess import normalize, padded_size, read_image, resize_long_side
-from sathmr.train.data.augment import (AugParams, augment_extrinsics, augment_intrinsics, color_jitter, draw_aug,
-                                       occlude, warp_image)
+from sathmr.train.data.augment import (
+    AugParams,
+    augment_extrinsics,
+    augment_intrinsics,
+    color_jitter,
+    draw_aug,
+    occlude,
+    warp_image,
+)
 from sathmr.train.data.geometry import flip_pose, matrix_to_rotvec, project, rotvec_to_matrix
 from sathmr.train.data.readers import ImageRecord
 from sathmr.train.data.scale_map import build_scale_map, unique_edges
@@ -44,8 +53,6 @@ class BodyModels:
         if gender not in self._models:
             if self.smpl_dir is None:
                 raise SathmrError(f"no {gender} body model available")
-            from sathmr.body import load_body_model
-
             self._models[gender] = load_body_model(self.smpl_dir, gender=gender)
         return self._models[gender]
 

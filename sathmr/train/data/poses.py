@@ -14,7 +14,7 @@ axis-angle components, and asymmetric families swap sides at random.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.spatial.transform import Rotation

@@ -7,9 +7,10 @@ that depends on augmentation (camera-frame GT, projections, boxes) is the pipeli
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 

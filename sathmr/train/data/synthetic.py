@@ -27,10 +27,12 @@ import cv2
 import numpy as np
 import torch
 
+from sathmr.body import generate_synthetic
 from sathmr.errors import SathmrError
+from sathmr.postprocess import box_iou
+from sathmr.render import render_meshes
 from sathmr.train.data.annots_io import save_annots
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
-from sathmr.postprocess import box_iou
 from sathmr.train.data.pipeline import BodyModels
 from sathmr.train.data.poses import POSE_PRIORS
 from sathmr.train.data.readers import LAYOUTS
@@ -232,8 +234,6 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
     transl_c = _place(rng, verts, rest_pelvis, depth, k, (h, w))
     verts_c = verts + transl_c[:, None]
 
-    from sathmr.render import render_meshes
-
     faces = bodies.faces
     colors = two_tone(rng.uniform(*COLOR_RANGE, (n, 3)).astype(np.uint8), front_faces(bm, faces),
                       front_patch(bm, faces))
@@ -273,8 +273,6 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
     if smpl_dir is None:
         smpl_dir = out / "smpl"
         if not smpl_dir.is_dir():
-            from sathmr.body import generate_synthetic
-
             generate_synthetic(smpl_dir, size="tiny")
     bodies = BodyModels(smpl_dir)
     layout, bedlam_split = LAYOUTS["bedlam"], SPLITS[split]
