@@ -20,6 +20,7 @@ from sathmr.body import load_body_model
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
 from sathmr.postprocess import RAW_OUTPUTS, ImageResult, TokenCounts, as_arrays, decode_outputs, select_people
+from sathmr.precision import precision_kwargs
 from sathmr.preprocess import Prepared, collate, prepare, read_image
 from sathmr.timing import StageTimer
 from sathmr.weights import resolve
@@ -127,10 +128,16 @@ def load_body_for(backends: Sequence[Backend], smpl_dir=None, device: str = "cpu
 
 def load_predictor(backend: str | None = None, checkpoint=None, smpl_dir=None, config: str | None = None,
                    device: str = "cpu", thresholds: Sequence[float] = (0.3,), model_path=None,
-                   with_verts: bool = True, **backend_options) -> tuple[Predictor, dict]:
+                   with_verts: bool = True, precision: str | None = None, compile: bool = False,
+                   **backend_options) -> tuple[Predictor, dict]:
     """Build the backend (:func:`sathmr.backends.open_model`: ``model_path`` may be any model file, export
-    or registry name, and implies the backend) and the body model; returns the predictor and what was loaded."""
+    or registry name, and implies the backend) and the body model; returns the predictor and what was loaded.
+
+    ``precision``: fp32 / bf16 / fp16 for the torch backends (see :mod:`sathmr.precision`; hardware
+    without native kernels is refused unless ``allow_emulated=True``); for an export it can only confirm
+    the exported model's own. ``compile``: torch.compile (torch backends only).
+    """
     be = open_model(model_path, backend, checkpoint=checkpoint, config=config, smpl_dir=smpl_dir, device=device,
-                    **backend_options)
+                    **precision_kwargs(precision, compile), **backend_options)
     body = load_body_for([be], smpl_dir, device)
     return Predictor(be, body, thresholds, with_verts), be.info

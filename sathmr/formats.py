@@ -41,11 +41,13 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("checkpoint", (".pth", ".safetensors"), None,
            (("torch", "PyTorch, dynamic token set (the reference)"),
             ("torch-static", "PyTorch with the fixed token budgets of the static graph")),
-           ("budget", "info"), False, None, "SAT-HMR weights (official .pth or sathmr .safetensors)"),
+           ("budget", "info", "precision", "compile", "allow_emulated"), False, None,
+           "SAT-HMR weights (official .pth or sathmr .safetensors)"),
+    # an export runs at the precision it was exported with: --precision there only confirms it (checked)
     Format("onnx", (".onnx",), ".onnx", (("ort", "ONNX Runtime on an exported model"),),
-           ("threads",), False, "onnx", "an ONNX export (`sathmr export`)"),
+           ("threads", "precision"), False, "onnx", "an ONNX export (`sathmr export`)"),
     Format("engine", (".engine",), ".engine", (("trt", "TensorRT on a built engine"),),
-           (), True, "trt", "a TensorRT export (`sathmr export --format trt`)"),
+           ("precision",), True, "trt", "a TensorRT export (`sathmr export --format trt`)"),
 )}
 #: backend → (runs an exported file, what it is); the CLI's --backend choices
 BACKENDS: dict[str, tuple[bool, str]] = {b: (f.name != "checkpoint", what) for f in FORMATS.values() for b, what in f.backends}

@@ -25,6 +25,7 @@ from sathmr.io import VideoSource, ensure_writable, iter_inputs, write_json, wri
 from sathmr.meshes import write_meshes
 from sathmr.pipeline import Failed, PipelineStats, Skipped, Work, run_pipeline, stop_on_sigint
 from sathmr.postprocess import ImageResult, image_json
+from sathmr.precision import precision_options
 from sathmr.preprocess import DEFAULT_MAX_PIXELS
 from sathmr.render import result_mosaic
 from sathmr.render_raster import index_colors
@@ -88,7 +89,8 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
         if plan.smpl:
             write_smpl_params(plan.tdir(t) / f"{res.name}_smpl.npz", people, res.intrinsics, res.orig_hw,
                               res.img_hw, res.scale)
-        write_json(plan.tdir(t) / f"{res.name}.json", image_json(res, t, source, predictor.backend.name, cfg.focal, ids))
+        write_json(plan.tdir(t) / f"{res.name}.json", image_json(res, t, source, predictor.backend.name, cfg.focal, ids,
+                                                                 precision=predictor.backend.info.get("precision", "fp32")))
 
 
 @dataclass
@@ -208,6 +210,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
               "(rtsp://..., http://...).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @model_options
+@precision_options()
 @click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl).")
 @click.option("--threshold", "-t", "thresholds", type=float, multiple=True, default=(0.3,), show_default=True, help="Detection threshold; repeat for several.")
@@ -238,7 +241,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="PyTorch intra-op threads for the network (default: PyTorch's, one per core).")
 @click.option("--no-pipeline", is_flag=True, help="Decode, run and write in turn in one thread (for comparison).")
-def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
+def infer_command(inputs, output, backend, precision, compile_, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
                   save_mesh, save_smpl, save_raw, no_overlay, overwrite, max_pixels, per_frame, no_smooth,
                   smooth_min_cutoff, smooth_beta, track_max_missed, max_frames, duration, live, stream_url, threads,
                   no_pipeline):
@@ -256,7 +259,8 @@ def infer_command(inputs, output, backend, checkpoint, model_path, config, smpl_
     group = start(device)
     ensure_writable(Path(output))
     predictor, info = load_predictor(backend, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config,
-                                     device=group.device, thresholds=thresholds, model_path=model_path)
+                                     device=group.device, thresholds=thresholds, model_path=model_path,
+                                     precision=precision, compile=compile_)
     group.echo(info.get("note") or f"model: {info.get('path')}", err=True)
     plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw,
                       smpl=save_smpl)

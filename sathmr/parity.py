@@ -10,6 +10,11 @@ or a budget overflow explains a task-level difference.
 
 Scale maps and token layouts are compared on the image's own cells only: a static backend runs on a
 larger canvas, whose extra cells are padding.
+
+``--precision`` compares side b at each given precision against side a (fp32): one report per precision
+and one table (:func:`precision_table`) — identical token counts, people matched and their box IoU,
+joint and confidence differences — the accuracy a reduced precision costs, next to its speed in
+`sathmr bench`.
 """
 
 from __future__ import annotations
@@ -22,16 +27,18 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from sathmr.api import Predictor, load_body_for
-from sathmr.backends import BACKENDS, open_model
+from sathmr.backends import BACKENDS, Backend, open_model
 from sathmr.errors import SathmrError
 from sathmr.io import iter_images, write_json
 from sathmr.postprocess import box_iou
+from sathmr.precision import ALL_PRECISIONS, precision_kwargs
 from sathmr.preprocess import Prepared
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
 DECODED_OUTPUTS = ("pred_poses", "pred_transl", "pred_j3ds", "pred_j2ds", "pred_verts", "pred_depths")
 MATCH_IOU = 0.5           # below this a pair is two different people, not one person with drift
 BORDERLINE_CONF = 1e-3    # a person this close to the threshold may legitimately appear in one backend only
+TOL_MM = {"fp32": 1.0, "reduced": 20.0}   # default --tol-mm: fp32 engines agree to ~1e-3 mm, reduced ones to mm
 
 
 def diff_stats(a, b) -> dict[str, float]:
@@ -69,6 +76,8 @@ class ImageParity:
     joint_mm: dict[str, float]      # over matched people: mean and max of the per-person mean joint error
     vertex_mm: dict[str, float]
     box_iou_min: float
+    box_iou_mean: float
+    conf_diff: dict[str, float]     # over matched people: mean and max |confidence a - confidence b|
     tokens_equal: bool              # same counts per level and the same token set
     token_set_diff: int             # tokens in one set only
     counts_a: list[int]
@@ -87,6 +96,8 @@ class ParityReport:
     threshold: float
     tol_mm: float
     images: list[ImageParity] = field(default_factory=list)
+    precision_a: str = "fp32"
+    precision_b: str = "fp32"
 
     @property
     def passed(self) -> bool:
@@ -100,13 +111,30 @@ class ParityReport:
         return {k: {"max": max(per(k, "max")), "mean": float(np.mean(per(k, "mean"))), "rel": max(per(k, "rel"))}
                 for k in sorted(keys)}
 
+    def accuracy(self) -> dict:
+        """The task-level accuracy of b against a over every image: one row of :func:`precision_table`."""
+        ims = self.images
+        matched = [im for im in ims if im.matched]
+        return {"a": self.a, "precision_a": self.precision_a, "b": self.b, "precision_b": self.precision_b,
+                "images": len(ims), "tokens_identical": all(im.tokens_equal for im in ims),
+                "people_a": sum(im.people_a for im in ims), "people_b": sum(im.people_b for im in ims),
+                "matched": sum(im.matched for im in ims), "unmatched": sum(im.unmatched for im in ims),
+                "box_iou_min": min((im.box_iou_min for im in ims), default=1.0),
+                "box_iou_mean": _weighted([(im.box_iou_mean, im.matched) for im in matched], 1.0),
+                "joint_mm_mean": _weighted([(im.joint_mm["mean"], im.matched) for im in matched], 0.0),
+                "joint_mm_max": max((im.joint_mm["max"] for im in ims), default=0.0),
+                "conf_diff_mean": _weighted([(im.conf_diff["mean"], im.matched) for im in matched], 0.0),
+                "conf_diff_max": max((im.conf_diff["max"] for im in ims), default=0.0)}
+
     def to_json(self) -> dict:
-        return {"a": self.a, "b": self.b, "threshold": self.threshold, "tol_mm": self.tol_mm, "passed": self.passed,
+        return {"a": self.a, "b": self.b, "precision_a": self.precision_a, "precision_b": self.precision_b,
+                "threshold": self.threshold, "tol_mm": self.tol_mm, "passed": self.passed, "accuracy": self.accuracy(),
                 "network": self.worst("network"), "decoded": self.worst("decoded"),
                 "images": [asdict(im) for im in self.images]}
 
     def summary(self) -> str:
-        lines = [f"parity {self.a} vs {self.b}: {len(self.images)} image(s), threshold {self.threshold:g}, "
+        lines = [f"parity {self.a} ({self.precision_a}) vs {self.b} ({self.precision_b}): {len(self.images)} image(s), "
+                 f"threshold {self.threshold:g}, "
                  f"tolerance {self.tol_mm:g} mm -> {'PASS' if self.passed else 'FAIL'}"]
         for sec in ("network", "decoded"):
             lines.append(f"  {sec} outputs (max / mean |a-b|, max relative to max |a|):")
@@ -117,17 +145,31 @@ class ParityReport:
                 f"  {im.name}: people {im.people_a}/{im.people_b}, matched {im.matched}, unmatched {im.unmatched}"
                 f" (+{im.borderline} borderline), joints {im.joint_mm['mean']:.4f}/{im.joint_mm['max']:.4f} mm, "
                 f"verts {im.vertex_mm['mean']:.4f}/{im.vertex_mm['max']:.4f} mm, min IoU {im.box_iou_min:.5f}, "
+                f"conf |diff| max {im.conf_diff['max']:.2e}, "
                 f"tokens {'equal' if im.tokens_equal else f'differ ({im.token_set_diff})'} {im.counts_a}/{im.counts_b}, "
                 f"overflow {im.overflow_a}/{im.overflow_b} [{flag}]")
         return "\n".join(lines)
 
 
+def _weighted(pairs: list[tuple[float, int]], empty: float) -> float:
+    """Mean of per-image means weighted by their number of people (``empty`` without people)."""
+    n = sum(w for _, w in pairs)
+    return float(sum(v * w for v, w in pairs) / n) if n else empty
+
+
 def compare_image(name: str, item: Prepared, a: Predictor, b: Predictor, threshold: float) -> ImageParity:
     """One image through both predictors (batch of one each), compared at every layer of output."""
-    cfg = a.cfg
     oa, ob = a.run_batch([item], [name]), b.run_batch([item], [name])
-    na, nb, da, db = oa.net, ob.net, oa.decoded, ob.decoded
-    hc, wc = (s // cfg.cell_size for s in item.tensor.shape[1:])
+    hc, wc = (s // a.cfg.cell_size for s in item.tensor.shape[1:])
+    return compare_outputs(name, (hc, wc), (oa.net, oa.decoded), (ob.net, ob.decoded), threshold)
+
+
+def compare_outputs(name: str, cells: tuple[int, int], a: tuple[dict, dict], b: tuple[dict, dict],
+                    threshold: float) -> ImageParity:
+    """Two backends' (network, decoded) outputs of one image (batch of one) compared at every layer;
+    ``cells``: the image's own (Hc, Wc) level-1 grid (a static canvas has more cells, all padding)."""
+    (na, da), (nb, db) = a, b
+    hc, wc = cells
     network = {k: diff_stats(na[k], nb[k]) for k in QUERY_OUTPUTS}
     network["scale_map"] = diff_stats(na["scale_map"][:, :hc, :wc], nb["scale_map"][:, :hc, :wc])
     decoded = {k: diff_stats(da[k], db[k]) for k in DECODED_OUTPUTS if k in da}
@@ -142,14 +184,16 @@ def compare_image(name: str, item: Prepared, a: Predictor, b: Predictor, thresho
     per_joint = mm(da["pred_j3ds"][0, qa[rows]], db["pred_j3ds"][0, qb[cols]])
     per_vert = mm(da["pred_verts"][0, qa[rows]], db["pred_verts"][0, qb[cols]])
     lone = [ca[q] for i, q in enumerate(qa) if i not in set(rows)] + [cb[q] for i, q in enumerate(qb) if i not in set(cols)]
-    borderline = sum(abs(c - threshold) < BORDERLINE_CONF for c in lone)
+    borderline = int(sum(abs(c - threshold) < BORDERLINE_CONF for c in lone))
     stat = lambda x: {"mean": float(x.mean()) if x.size else 0.0, "max": float(x.max()) if x.size else 0.0}  # noqa: E731
+    ious = iou[rows, cols] if len(rows) else np.ones(0)
     ta, tb = token_set(na), token_set(nb)
     counts_a, counts_b = na["tok_counts"][0].tolist(), nb["tok_counts"][0].tolist()
     return ImageParity(
         name=name, network=network, decoded=decoded, people_a=len(qa), people_b=len(qb), matched=len(rows),
         unmatched=len(lone) - borderline, borderline=borderline, joint_mm=stat(per_joint), vertex_mm=stat(per_vert),
-        box_iou_min=float(iou[rows, cols].min()) if len(rows) else 1.0,
+        box_iou_min=float(ious.min()) if ious.size else 1.0, box_iou_mean=float(ious.mean()) if ious.size else 1.0,
+        conf_diff=stat(np.abs(ca[qa[rows]].astype(np.float64) - cb[qb[cols]])),
         tokens_equal=ta == tb and counts_a == counts_b, token_set_diff=len(ta ^ tb), counts_a=counts_a,
         counts_b=counts_b, overflow_a=na["tok_overflow"][0].tolist(), overflow_b=nb["tok_overflow"][0].tolist())
 
@@ -158,14 +202,53 @@ def compare_backends(a: Predictor, b: Predictor, items: list[Prepared], names: l
                      threshold: float = 0.3, tol_mm: float = 1.0) -> ParityReport:
     if a.cfg != b.cfg:
         raise SathmrError(f"the backends run different configs ({a.cfg.name} vs {b.cfg.name}); nothing to compare")
-    report = ParityReport(a.backend.name, b.backend.name, threshold, tol_mm)
+    report = ParityReport(a.backend.name, b.backend.name, threshold, tol_mm,
+                          precision_a=precision_of(a.backend), precision_b=precision_of(b.backend))
     report.images = [compare_image(n, it, a, b, threshold) for it, n in zip(items, names)]
     return report
+
+
+def precision_of(backend: Backend) -> str:
+    """What precision a backend runs at (its info; the PyTorch ones say whether bf16 is emulated)."""
+    return str(backend.info.get("precision", "fp32"))
+
+
+PRECISION_HEADER = ["b", "precision", "tokens identical", "people a/b", "matched", "box IoU min/mean",
+                    "joints mean/max mm", "conf diff mean/max"]
+
+
+def precision_row(acc: dict) -> list[str]:
+    return [acc["b"], acc["precision_b"], "yes" if acc["tokens_identical"] else "NO",
+            f"{acc['people_a']}/{acc['people_b']}", f"{acc['matched']} (+{acc['unmatched']} unmatched)",
+            f"{acc['box_iou_min']:.4f}/{acc['box_iou_mean']:.4f}",
+            f"{acc['joint_mm_mean']:.3f}/{acc['joint_mm_max']:.3f}", f"{acc['conf_diff_mean']:.2e}/{acc['conf_diff_max']:.2e}"]
+
+
+def precision_table(reports: list[ParityReport]) -> str:
+    """One row per compared side b (a backend at a precision) against the same side a."""
+    rows = [precision_row(r.accuracy()) for r in reports]
+    widths = [max(len(str(x)) for x in col) for col in zip(PRECISION_HEADER, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
+    a = reports[0]
+    return "\n".join([f"accuracy against {a.a} ({a.precision_a}), threshold {a.threshold:g}:", line(PRECISION_HEADER),
+                      "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def parse_precisions(text: str | None) -> list[str | None]:
+    """``--precision bf16,fp16`` → ['bf16', 'fp16']; none given → [None] (the backend's own)."""
+    names = [p.strip() for p in (text or "").split(",") if p.strip()]
+    bad = [p for p in names if p not in ALL_PRECISIONS]
+    if bad:
+        raise SathmrError(f"--precision: unknown {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
+    return names or [None]
 
 
 @click.command("parity")
 @click.option("--a", "name_a", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
 @click.option("--b", "name_b", type=click.Choice(list(BACKENDS)), default="ort", show_default=True)
+@click.option("--precision", "precision_text", default=None,
+              help="Side b at these precisions (comma-separated: fp32,bf16,fp16), each against side a in fp32; "
+                   "bf16 runs emulated where the CPU lacks it (accuracy figures hold).")
 @click.option("--model", "model_path", help="Exported model (folder or file) for an ort/trt side.")
 @click.option("--checkpoint", help="Weights (path or name from `sathmr models`) of a torch side, and what an "
               "exported side must come from (default: weights/ or embedded).")
@@ -174,25 +257,41 @@ def compare_backends(a: Predictor, b: Predictor, items: list[Prepared], names: l
 @click.option("--input", "-i", "inputs", required=True, type=click.Path(exists=True), help="Image or folder of images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threshold", "-t", type=float, default=0.3, show_default=True, help="Detection threshold for the people comparison.")
-@click.option("--tol-mm", type=float, default=1.0, show_default=True,
-              help="Max per-person mean joint/vertex error (fp32 engines agree to ~1e-3 mm; use ~20 for fp16).")
+@click.option("--tol-mm", type=float, default=None,
+              help=f"Max per-person mean joint/vertex error (default {TOL_MM['fp32']:g} between fp32 sides, which agree "
+                   f"to ~1e-3 mm; {TOL_MM['reduced']:g} when a side runs a reduced precision).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
-def parity_command(name_a, name_b, model_path, checkpoint, config, smpl_dir, inputs, device, threshold, tol_mm, json_path):
+def parity_command(name_a, name_b, precision_text, model_path, checkpoint, config, smpl_dir, inputs, device, threshold,
+                   tol_mm, json_path):
     """Run the same images through two backends and compare outputs; exit 1 when over tolerance."""
-    def side(name: str):   # a torch side runs the weights; an exported side runs --model, checked against them
+    precisions = parse_precisions(precision_text)
+
+    def side(name: str, precision: str | None):   # a torch side runs the weights; an exported one --model, checked
         exported = BACKENDS[name][0]
         return open_model(model_path if exported else checkpoint, name, checkpoint=checkpoint if exported else None,
-                          config=config, smpl_dir=smpl_dir, device=device)
-    backends = [side(n) for n in (name_a, name_b)]
-    body = load_body_for(backends, smpl_dir, device)
-    pa, pb = (Predictor(be, body, (threshold,)) for be in backends)
-    items, names = [], []
-    for it in iter_images(inputs):
-        items.append(pa.prepare(it.load()))
-        names.append(it.name)
-    report = compare_backends(pa, pb, items, names, threshold, tol_mm)
-    click.echo(report.summary())
+                          config=config, smpl_dir=smpl_dir, device=device,
+                          **precision_kwargs(precision, allow_emulated=True, backend=name))
+    be_a = side(name_a, None)
+    pa = body = None
+    items, names, reports = [], [], []
+    for precision in precisions:
+        be_b = side(name_b, precision)
+        if body is None:
+            body = load_body_for([be_a, be_b], smpl_dir, device)
+            pa = Predictor(be_a, body, (threshold,))
+            for it in iter_images(inputs):
+                items.append(pa.prepare(it.load()))
+                names.append(it.name)
+        else:
+            be_b.check_body_model(body)
+        reduced = any(precision_of(be) != "fp32" for be in (be_a, be_b))
+        tol = tol_mm if tol_mm is not None else TOL_MM["reduced" if reduced else "fp32"]
+        reports.append(compare_backends(pa, Predictor(be_b, body, (threshold,)), items, names, threshold, tol))
+        click.echo(reports[-1].summary())
+        del be_b
+    click.echo(precision_table(reports))
     if json_path:
-        write_json(Path(json_path), report.to_json())
-    if not report.passed:
+        write_json(Path(json_path), reports[0].to_json() if len(reports) == 1 else
+                   {"passed": all(r.passed for r in reports), "reports": [r.to_json() for r in reports]})
+    if not all(r.passed for r in reports):
         raise SystemExit(1)

@@ -175,14 +175,15 @@ def select_people(decoded: dict[str, np.ndarray], i: int, threshold: float, scal
 
 
 def image_json(res: ImageResult, threshold: float, source: str, backend: str, focal: float,
-               track_ids: Sequence[int] | None = None) -> dict:
+               track_ids: Sequence[int] | None = None, precision: str = "fp32") -> dict:
     """The per-image answer at one threshold: what ``sathmr infer`` writes as ``<name>.json`` and
-    ``sathmr serve`` returns; ``track_ids`` (one per person, a video frame) add ``track_id``."""
+    ``sathmr serve`` returns; ``track_ids`` (one per person, a video frame) add ``track_id``;
+    ``precision``: what the network ran at (``sathmr.precision``)."""
     people = res.people[threshold]
     return {
         "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),
         "resize_rate": res.scale, "threshold": threshold, "backend": backend,
-        "camera": {"focal_px_resized": focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
+        "precision": precision, "camera": {"focal_px_resized": focal, "principal_point_resized": [res.img_hw[1] / 2, res.img_hw[0] / 2],
                    "note": "3D outputs are in the camera frame of the resized image; divide pixel "
                            "quantities by resize_rate for the original image (boxes and joints2d already are)"},
         "tokens": res.tokens.to_json(), "num_people": len(people),

@@ -30,7 +30,7 @@ TINY = get_config("tiny")
 def bench_run(tmp_path_factory, tiny_export) -> tuple[dict, str, Path]:
     """torch and ort (the session's export of the same random weights bench builds) in their own processes."""
     out = tmp_path_factory.mktemp("bench")
-    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,ort,trt",
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,torch:bf16,ort,ort:int8,trt",
                                     "--model", str(tiny_export.path),
                                     "--iters", "2", "--warmup", "1", "--threads", "1", "--scaling",
                                     "--scaling-iters", "1", "--plot", str(out / "scaling.png"),
@@ -53,7 +53,7 @@ def test_json_has_machine_settings_and_model(bench_run):
 
 def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
     result, _, _ = bench_run
-    assert set(result["backends"]) == {"torch", "ort"}
+    assert set(result["backends"]) == {"torch", "torch:bf16", "ort", "ort:int8"}
     n_images = len(result["inputs"]["names"])
     for r in result["backends"].values():
         for stage in STAGES:
@@ -73,9 +73,44 @@ def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
         assert r["network_speedup_vs_torch"] == pytest.approx(torch_p50["network"]["p50_ms"] / r["stages"]["network"]["p50_ms"])
         assert r["peak_rss_mb"] > r["baseline_rss_mb"] > 0          # each in its own process
     assert result["backends"]["torch"]["tokens"]["static_sequence"] is None
-    assert result["backends"]["ort"]["tokens"]["static_sequence"] is None     # two-stage: dynamic token axes
-    # same weights, same images, separate processes: the exported model selects the dynamic model's tokens
-    assert result["backends"]["ort"]["tokens"]["per_image"] == result["backends"]["torch"]["tokens"]["per_image"]
+    assert result["backends"]["ort"]["tokens"]["static_sequence"] is None     # the default export is two-stage
+    # same weights, same images: every engine and precision selects the same tokens as the dynamic model
+    for name in ("ort", "ort:int8", "torch:bf16"):
+        assert result["backends"][name]["tokens"]["per_image"] == result["backends"]["torch"]["tokens"]["per_image"]
+
+
+def test_precisions_side_by_side_with_their_accuracy(bench_run):
+    """Every entry's accuracy against torch fp32 on the same inputs, next to its speed-up, in one table."""
+    result, output, _ = bench_run
+    b = result["backends"]
+    assert b["torch"]["accuracy"] is None and b["torch"]["precision"] == "fp32"
+    assert b["torch:bf16"]["precision"] in ("bf16", "bf16 (emulated)") and b["ort:int8"]["precision"] == "int8"
+    for name in ("torch:bf16", "ort", "ort:int8"):
+        acc = b[name]["accuracy"]
+        assert acc["a"] == "torch" and acc["b"] == name and acc["images"] == len(result["inputs"]["names"])
+        assert acc["tokens_identical"], name          # stage A fp32 at every precision
+        assert acc["matched"] == acc["people_a"] and acc["unmatched"] == 0, name
+    assert b["ort"]["accuracy"]["joint_mm_max"] < 0.05           # fp32 engines agree to ~1e-3 mm
+    assert 0 < b["torch:bf16"]["accuracy"]["joint_mm_mean"] < 20 and 0 < b["ort:int8"]["accuracy"]["joint_mm_mean"] < 20
+    assert b["ort:int8"]["network_speedup_vs_torch"] > 0
+    assert "speed and accuracy" in output and "joints mean/max mm" in output
+    row = [line for line in output.splitlines() if line.startswith("ort:int8 ")][-1]    # the last table's
+    assert " int8 " in row and " yes " in row
+
+
+def test_entries_and_precision_lists():
+    assert [e.label for e in parse_backends("torch,torch:bf16+compile,ort:int8")] == \
+        ["torch", "torch:bf16+compile", "ort:int8"]
+    assert [e.label for e in parse_backends("torch,ort,ort:fp16", "fp32,bf16,int8")] == \
+        ["torch", "torch:bf16", "ort", "ort:int8", "ort:fp16"]     # explicit precisions are kept as given
+    for text, needle in (("torch:int8", "not 'int8'"), ("ort:bf16", "not 'bf16'"), ("ort+compile", "only suffix"),
+                         ("torch+fast", "only suffix")):
+        with pytest.raises(SathmrError, match=needle):
+            parse_backends(text)
+    with pytest.raises(SathmrError, match="none of them"):
+        parse_backends("ort", "bf16")
+    with pytest.raises(SathmrError, match="twice"):
+        parse_backends("torch,torch:fp32")
 
 
 def test_trt_is_skipped_with_a_reason_on_cpu(bench_run):

@@ -47,6 +47,25 @@ def test_cuda_matches_cpu(budget):
         assert torch.allclose(gpu[k].cpu(), cpu[k], atol=1e-3, rtol=1e-3), k
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_reduced_precision_keeps_the_tokens(precision):
+    """Stage A and the selection stay fp32 on CUDA too: the same tokens; stages B/C reduced, outputs close."""
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no bf16 tensor cores")
+    torch.manual_seed(0)
+    model = build_model(get_config("tiny")).eval()
+    with torch.no_grad():
+        model.scale_head.layers[-1].weight.mul_(40)   # a mixed token set
+    x = torch.randn(2, 3, 448, 448)
+    hw = torch.tensor([[448, 448], [300, 448]])
+    ref = TorchBackend(model, device="cuda").run(x, hw)
+    out = TorchBackend(model, device="cuda", precision=precision).run(x, hw)
+    for k in ("scale_map", "tok_counts", "tok_yx", "tok_lvl"):
+        assert torch.equal(out[k], ref[k]), k
+    for k in OUTS:
+        assert out[k].dtype == torch.float32 and torch.allclose(out[k], ref[k], atol=5e-2, rtol=5e-2), k
+
+
 def _photos(real_images, cfg):
     return [prepare(read_image(p), cfg.input_size, cfg.pad_multiple) for p in real_images]
 

@@ -22,6 +22,7 @@ from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, file_sha256, rea
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
 from sathmr.optional import require
+from sathmr.precision import check_export_precision
 
 
 def providers_for(device: str, available: list[str]) -> list:
@@ -85,11 +86,13 @@ class OrtBackend(Backend):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
-                  config: str | None = None, checkpoint: str | Path | None = None) -> OrtBackend:
-        """Open ``path``; ``config``/``checkpoint``, when given, must be the ones it was exported from."""
+                  config: str | None = None, checkpoint: str | Path | None = None,
+                  precision: str | None = None) -> OrtBackend:
+        """Open ``path``; ``config``/``checkpoint``/``precision``, when given, must be the ones it was exported with."""
         ort = require("onnxruntime")
         art = read_artifact(path)
         art.meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
+        check_export_precision(precision, art.meta.precision, str(path))
         providers = providers_for(device, ort.get_available_providers())
         opts = session_options(ort, threads, cpu=not device.startswith("cuda"))
         sessions = {g: open_session(ort, f, opts, providers, device) for g, f in art.files.items()}

@@ -22,6 +22,7 @@ from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, file_sha256, read_artifact
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
 from sathmr.optional import require
+from sathmr.precision import check_export_precision
 
 
 class Engine:
@@ -68,7 +69,7 @@ class TrtBackend(Backend):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cuda", config: str | None = None,
-                  checkpoint: str | Path | None = None) -> TrtBackend:
+                  checkpoint: str | Path | None = None, precision: str | None = None) -> TrtBackend:
         trt = require("tensorrt")
         dev = torch.device(device)
         if dev.type != "cuda" or not torch.cuda.is_available():
@@ -77,6 +78,7 @@ class TrtBackend(Backend):
         art = read_artifact(path, suffix=".engine")
         meta = art.meta
         meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
+        check_export_precision(precision, meta.precision, str(path))
         built = meta.extra.get("tensorrt")
         if built != trt.__version__:
             raise SathmrError(f"{path} was built with TensorRT {built}, this is {trt.__version__}: rebuild it with "

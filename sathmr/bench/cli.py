@@ -10,8 +10,10 @@ from sathmr.backends import BACKENDS
 from sathmr.bench.report import format_report
 from sathmr.bench.run import bench
 from sathmr.bench.scaling import plot_scaling
+from sathmr.bench.worker import BACKEND_PRECISIONS, Entry
 from sathmr.errors import SathmrError
 from sathmr.io import write_json
+from sathmr.precision import ALL_PRECISIONS
 
 
 def command_line() -> str:
@@ -27,19 +29,37 @@ def command_line() -> str:
     return " ".join(parts)
 
 
-def parse_backends(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in BACKENDS]
+def parse_backends(text: str, precisions: str | None = None) -> list[Entry]:
+    """``torch,torch:bf16,ort:int8,torch+compile`` → entries. ``precisions`` (``--precision fp32,bf16,int8``)
+    expands every entry without its own precision into one per listed precision that backend runs."""
+    listed = [p.strip() for p in (precisions or "").split(",") if p.strip()]
+    bad = [p for p in listed if p not in ALL_PRECISIONS]
     if bad:
-        raise SathmrError(f"--backend: unknown {', '.join(bad)}; choose from {', '.join(BACKENDS)}")
-    if len(set(names)) != len(names):
+        raise SathmrError(f"--precision: unknown {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
+    entries = []
+    for item in (n.strip() for n in text.split(",") if n.strip()):
+        e = Entry.parse(item)
+        if listed and ":" not in item:
+            mine = [p for p in listed if p in BACKEND_PRECISIONS[e.backend]]
+            if not mine:
+                raise SathmrError(f"--precision {precisions}: none of them applies to {e.backend}, which runs "
+                                  f"{', '.join(BACKEND_PRECISIONS[e.backend])} (give it its own, e.g. {e.backend}:fp32)")
+            entries += [Entry(e.backend, p, e.compile) for p in mine]
+        else:
+            entries.append(e)
+    labels = [e.label for e in entries]
+    if len(set(labels)) != len(labels):
         raise SathmrError(f"--backend {text}: a backend is listed twice")
-    return names
+    return entries
 
 
 @click.command("bench")
 @click.option("--backend", "backend_text", default="torch,ort", show_default=True,
-              help=f"Comma-separated backends to compare ({', '.join(BACKENDS)}); empty with --scaling for the sweep only.")
+              help=f"Comma-separated backends to compare ({', '.join(BACKENDS)}), each as BACKEND[:PRECISION][+compile] "
+                   "(torch:bf16, ort:int8, torch+compile); empty with --scaling for the sweep only.")
+@click.option("--precision", "precision_text", default=None,
+              help="Comma-separated precisions (fp32,bf16,fp16,int8): every backend without its own at each one it runs "
+                   "(torch: fp32/bf16/fp16, ort: fp32/fp16/int8), side by side with speed-up and accuracy vs torch fp32.")
 @click.option("--config", default=None, help="Model config (default sat_644: the full-size network).")
 @click.option("--images", type=click.Path(exists=True), help="Image or folder of images (default: two synthetic images).")
 @click.option("--checkpoint", help="Weights: a file or a name from `sathmr models` (default: random weights of the "
@@ -57,11 +77,11 @@ def parse_backends(text: str) -> list[str]:
 @click.option("--scaling-max-s", type=float, default=10.0, show_default=True, help="Stop repeating a scaling point after this many seconds.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the scaling plot here (PNG; needs matplotlib).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure and the machine description as JSON.")
-def bench_command(backend_text, config, images, checkpoint, smpl_dir, model_path, engine_path, batch, iters,
+def bench_command(backend_text, precision_text, config, images, checkpoint, smpl_dir, model_path, engine_path, batch, iters,
                   warmup, threads, device, scaling, scaling_iters, scaling_max_s, plot_path, json_path):
     """Latency, throughput and memory per stage for several backends on the same inputs, interleaved
     pass by pass, each backend in its own process."""
-    names = parse_backends(backend_text)
+    names = parse_backends(backend_text, precision_text)
     if not names and not scaling:
         raise SathmrError("nothing to do: give --backend and/or --scaling")
     if plot_path and not scaling:

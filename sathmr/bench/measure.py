@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from sathmr.hardware import CPU_FLAGS, cpu_info  # noqa: F401 - the flags every benchmark prints
+
 PERCENTILES = (50, 90, 99)
-# CPU features that change which kernels PyTorch / ONNX Runtime use (fp32 FMA, int8 VNNI, bf16, AMX)
-CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def latency_stats(seconds: Sequence[float], images_per_sample: int) -> dict[str, float]:
@@ -46,23 +46,6 @@ def current_rss_mb() -> float | None:
 def peak_rss_mb() -> float | None:
     """The process's resident high-water mark (VmHWM) in MB: in a process of its own, one backend's peak."""
     return proc_status_mb("VmHWM")
-
-
-def cpu_info() -> dict:
-    """Model name and the relevant instruction-set flags of the CPU (Linux /proc/cpuinfo)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                if flags and model:
-                    break
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 def machine_info(threads: int, device: str) -> dict:

@@ -43,6 +43,28 @@ RESOURCE_HEADER = ["backend", "tokens L0/L1/L2 (mean)", "stage-C sequence", "pea
                    "above process baseline MB", "CUDA max alloc MB"]
 
 
+def precision_rows(result: dict) -> list[list[str]]:
+    """Speed and accuracy side by side: each entry against the reference (torch fp32 when benchmarked)."""
+    rows = []
+    x = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
+    for name, r in result["backends"].items():
+        a = r.get("accuracy")
+        if a is None:
+            acc = ["(reference)", "-", "-", "-"]
+        else:
+            lost = f", {a['unmatched']} unmatched" if a["unmatched"] else ""
+            acc = ["yes" if a["tokens_identical"] else "NO", f"{a['matched']}/{a['people_a']}{lost}",
+                   f"{a['joint_mm_mean']:.2f}/{a['joint_mm_max']:.2f}", f"{a['conf_diff_max']:.3f}"]
+        rows.append([name, r.get("precision", "fp32"), f"{r['stages']['network']['p50_ms']:.1f}",
+                     x(r["network_speedup_vs_torch"]), x(r["speedup_vs_torch"]), *acc,
+                     f"{r['compile_s']:.0f}" if r.get("compile_s") is not None else "-"])
+    return rows
+
+
+PRECISION_HEADER = ["backend", "precision", "network p50 ms", "network vs torch", "end-to-end vs torch",
+                    "tokens identical", "people matched", "joints mean/max mm", "max conf diff", "compile s"]
+
+
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
@@ -78,7 +100,9 @@ def format_report(result: dict) -> str:
              f"inputs: {', '.join(result['inputs']['names'])} ({result['inputs']['source']}); batch {s['batch']}, "
              f"{s['iters']} measured passes after {s['warmup']} warm-up, backends interleaved", ""]
     if result["backends"]:
-        lines += [text_table(BACKEND_HEADER, backend_rows(result)), "", text_table(RESOURCE_HEADER, resource_rows(result))]
+        lines += [text_table(BACKEND_HEADER, backend_rows(result)), "", text_table(RESOURCE_HEADER, resource_rows(result)),
+                  "", "speed and accuracy (accuracy: task-level parity against the reference on every input; "
+                  "speed-ups: p50 against torch fp32):", text_table(PRECISION_HEADER, precision_rows(result))]
     for name, why in result["skipped"].items():
         lines.append(f"skipped {name}: {why}")
     if result.get("scaling"):
@@ -101,7 +125,10 @@ def format_markdown(result: dict, plot_name: str | None = None) -> str:
            f"{s['warmup']} warm-up; backends interleaved pass by pass. Pre-processing excludes file decoding; "
            "post-processing includes SMPL (vertices) and thresholding. Token counts are per image (level 0 = high-res).", ""]
     if result["backends"]:
-        out += [md_table(BACKEND_HEADER, backend_rows(result)), "", md_table(RESOURCE_HEADER, resource_rows(result)), ""]
+        out += [md_table(BACKEND_HEADER, backend_rows(result)), "", md_table(RESOURCE_HEADER, resource_rows(result)), "",
+                "Speed and accuracy side by side (accuracy: `sathmr parity`'s task-level comparison against the reference "
+                "entry on every input; `(emulated)`: the CPU has no kernels for that precision, so its speed is not "
+                "what supporting hardware gets):", "", md_table(PRECISION_HEADER, precision_rows(result)), ""]
     if result.get("scaling"):
         budget, sizes = scaling_rows(result["scaling"])
         out += ["### Scaling (network only, PyTorch dynamic)", "",

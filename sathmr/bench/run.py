@@ -26,10 +26,12 @@ import torch
 from sathmr.bench.measure import latency_stats, machine_info
 from sathmr.bench.scaling import run_scaling
 from sathmr.bench.setup import Setup, load_images, make_setup, synthetic_images
-from sathmr.bench.worker import WorkerSpec, serve
+from sathmr.bench.worker import Entry, WorkerSpec, serve
 from sathmr.errors import SathmrError
-from sathmr.export.onnx import export_network
+from sathmr.export.meta import read_meta
+from sathmr.export.onnx import export_network, quantize_export
 from sathmr.export.trt import build_engines
+from sathmr.parity import ParityReport, compare_outputs
 
 STAGES = ("preprocess", "network", "postprocess", "end_to_end")
 Log = Callable[[str], None]
@@ -50,12 +52,12 @@ class Worker:
         try:
             kind, payload = self.conn.recv()
         except EOFError:
-            raise RuntimeError(f"the {self.spec.backend} benchmark process died "
+            raise RuntimeError(f"the {self.spec.label} benchmark process died "
                                f"(exit code {self.process.join(5) or self.process.exitcode})") from None
         if kind == "error":
-            raise SathmrError(f"{self.spec.backend}: {payload}")
+            raise SathmrError(f"{self.spec.label}: {payload}")
         if kind == "crash":
-            raise RuntimeError(f"the {self.spec.backend} benchmark process failed:\n{payload}")
+            raise RuntimeError(f"the {self.spec.label} benchmark process failed:\n{payload}")
         assert kind == expect, (kind, expect)
         return payload
 
@@ -84,27 +86,46 @@ def trt_unavailable(device: str) -> str | None:
     return None
 
 
-def exported_files(names: Sequence[str], setup: Setup, workdir: Path, model_path, engine_path,
+def exported_files(entries: Sequence[Entry], setup: Setup, workdir: Path, model_path, engine_path,
                    device: str, log: Log) -> tuple[dict[str, Path], dict[str, str]]:
-    """The file each exported backend runs (given, or exported once with `sathmr export`'s own code)."""
+    """The file each exported entry runs, by label: the given ``--model``/``--engine`` where its precision
+    is the entry's, else exported once per precision with `sathmr export`'s own code (int8 quantises a
+    copy of the fp32 export, exactly what `sathmr export --int8` writes, without exporting twice)."""
     files, skipped = {}, {}
-    need_trt = "trt" in names and engine_path is None and (why := trt_unavailable(device)) is None
-    if "trt" in names and engine_path is None and why:
-        skipped["trt"] = why
-        log(f"skipping trt: {why}")
-    onnx = Path(model_path) if model_path else None
-    if onnx is None and ("ort" in names or need_trt):
-        log(f"exporting the network to ONNX ({workdir / 'onnx'}) with `sathmr export`'s defaults ...")
-        t0 = time.perf_counter()
-        onnx = export_network(setup.network(), setup.body(), workdir / "onnx", checkpoint=setup.checkpoint)[0].path
-        log(f"  exported in {time.perf_counter() - t0:.1f} s")
-    if "ort" in names:
-        files["ort"] = onnx
-    if "trt" in names and "trt" not in skipped:
-        if engine_path is None:
-            log(f"building TensorRT engines from {onnx} ...")
-            engine_path = build_engines(onnx, workdir / "trt").path
-        files["trt"] = Path(engine_path)
+    trt = [e for e in entries if e.backend == "trt"]
+    if trt and engine_path is None and (why := trt_unavailable(device)):
+        skipped.update({e.label: why for e in trt})
+        log(f"skipping {', '.join(e.label for e in trt)}: {why}")
+        trt = []
+    exports: dict[tuple[str, str], Path] = {}     # (precision, target) -> export
+    if model_path:
+        meta = read_meta(model_path)
+        exports[meta.precision, meta.target] = Path(model_path)
+
+    def onnx_at(precision: str, target: str = "onnxruntime") -> Path:
+        if (precision, target) not in exports:
+            out = workdir / f"onnx_{precision}_{target}"
+            t0 = time.perf_counter()
+            if precision == "int8":
+                log(f"quantising the fp32 export to int8 ({out}) ...")
+                exports[precision, target] = quantize_export(onnx_at("fp32", target), out).path
+            else:
+                log(f"exporting the network to ONNX ({out}, {precision}, {target}) with `sathmr export`'s defaults ...")
+                exports[precision, target] = export_network(setup.network(), setup.body(), out, checkpoint=setup.checkpoint,
+                                                            precision=precision, portable=target == "portable")[0].path
+            log(f"  done in {time.perf_counter() - t0:.1f} s")
+        return exports[precision, target]
+
+    for e in entries:
+        if e.backend == "ort":
+            files[e.label] = onnx_at(e.precision)
+    engines = {read_meta(engine_path).precision: Path(engine_path)} if engine_path else {}
+    for e in trt:
+        if e.precision not in engines:     # TensorRT parses standard operators only, and reduces precision itself
+            log(f"building TensorRT engines ({e.precision}) ...")
+            engines[e.precision] = build_engines(onnx_at("fp32", "portable"), workdir / f"trt_{e.precision}",
+                                                 fp16=e.precision == "fp16").path
+        files[e.label] = engines[e.precision]
     return files, skipped
 
 
@@ -117,7 +138,7 @@ def collect(samples: list[dict], into: dict) -> None:
 
 
 def run_passes(workers: list[Worker], iters: int, warmup: int, log: Log) -> dict[str, dict]:
-    acc = {w.spec.backend: {"times": {s: [] for s in STAGES}, "tokens": {}} for w in workers}
+    acc = {w.spec.label: {"times": {s: [] for s in STAGES}, "tokens": {}} for w in workers}
     n = len(workers)
     for it in range(warmup + iters):
         measured = it >= warmup
@@ -125,12 +146,34 @@ def run_passes(workers: list[Worker], iters: int, warmup: int, log: Log) -> dict
         for w in workers[it % n:] + workers[:it % n]:       # a different backend goes first each pass
             samples = w.call("pass", "samples")
             if measured:
-                collect(samples, acc[w.spec.backend])
+                collect(samples, acc[w.spec.label])
         log(f"  pass {it + 1}/{warmup + iters}{' (warm-up)' if not measured else ''}: {time.perf_counter() - t0:.1f} s")
     return acc
 
 
-def summarise(acc: dict, ready: dict, stats: dict, batch: int) -> dict:
+def reference_label(labels: Sequence[str]) -> str:
+    """What speed-ups and accuracy are measured against: PyTorch fp32 (the reference), else the first entry."""
+    return "torch" if "torch" in labels else labels[0]
+
+
+def accuracy(outputs: dict[str, list[dict]], ready: dict, threshold: float) -> dict[str, dict | None]:
+    """Each entry's task-level accuracy against the reference entry (``ParityReport.accuracy``)."""
+    ref = reference_label(list(outputs))
+    res: dict[str, dict | None] = {}
+    for label, outs in outputs.items():
+        if label == ref:
+            res[label] = None
+            continue
+        rep = ParityReport(ref, label, threshold, tol_mm=float("inf"),
+                           precision_a=ready[ref]["info"].get("precision", "fp32"),
+                           precision_b=ready[label]["info"].get("precision", "fp32"))
+        rep.images = [compare_outputs(o["name"], o["cells"], (r["net"], r["decoded"]), (o["net"], o["decoded"]), threshold)
+                      for r, o in zip(outputs[ref], outs)]
+        res[label] = rep.accuracy()
+    return res
+
+
+def summarise(acc: dict, ready: dict, stats: dict, batch: int, accuracies: dict | None = None) -> dict:
     levels = ("level0", "level1", "level2")
     out = {}
     for name, a in acc.items():
@@ -146,6 +189,9 @@ def summarise(acc: dict, ready: dict, stats: dict, batch: int) -> dict:
                        "per_image": per_image, "static_sequence": ready[name]["static_sequence"]},
             "info": ready[name]["info"],
             "params": ready[name]["params"],
+            "precision": ready[name]["info"].get("precision", "fp32"),
+            "compile_s": stats[name].get("compile_s"),
+            "accuracy": (accuracies or {}).get(name),
         }
     ref = out.get("torch")
     for res in out.values():
@@ -159,22 +205,26 @@ def summarise(acc: dict, ready: dict, stats: dict, batch: int) -> dict:
 def run_backends(specs: list[WorkerSpec], iters: int, warmup: int, log: Log) -> dict[str, dict]:
     workers = [Worker(s) for s in specs]
     try:
-        ready = {w.spec.backend: w.receive("ready") for w in workers}
+        ready = {w.spec.label: w.receive("ready") for w in workers}
         log(f"running {', '.join(ready)}: {warmup} warm-up + {iters} passes over {len(specs[0].images)} image(s), "
             f"batch {specs[0].batch}, {specs[0].threads} threads, one process per backend")
         acc = run_passes(workers, iters, warmup, log)
-        stats = {w.spec.backend: w.call("stats", "stats") for w in workers}
+        stats = {w.spec.label: w.call("stats", "stats") for w in workers}
+        log(f"accuracy against {reference_label(list(ready))}: every image once more through every entry")
+        accuracies = accuracy({w.spec.label: w.call("outputs", "outputs") for w in workers}, ready, specs[0].threshold)
     finally:
         for w in workers:
             w.close()
-    return summarise(acc, ready, stats, specs[0].batch)
+    return summarise(acc, ready, stats, specs[0].batch, accuracies)
 
 
-def bench(backend_names: Sequence[str], config: str | None = None, images=None, checkpoint=None, smpl_dir=None,
+def bench(entries: Sequence[Entry | str], config: str | None = None, images=None, checkpoint=None, smpl_dir=None,
           model_path=None, engine_path=None, batch: int = 1, iters: int = 5, warmup: int = 1, threads: int | None = None,
           device: str = "cpu", scaling: bool = False, scaling_iters: int = 3, scaling_max_s: float = 10.0,
           threshold: float = 0.3, command: str = "sathmr bench", log: Log = lambda s: None) -> dict:
-    """Everything `sathmr bench` does, as a dict (what --json writes)."""
+    """Everything `sathmr bench` does, as a dict (what --json writes); ``entries``: :class:`Entry` or their
+    ``BACKEND[:PRECISION][+compile]`` text."""
+    entries = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
     threads = threads or torch.get_num_threads()
     if threads < 1 or iters < 1 or warmup < 0 or batch < 1 or scaling_iters < 1:
         raise SathmrError("--threads, --iters, --batch and --scaling-iters must be >= 1, --warmup >= 0")
@@ -187,7 +237,7 @@ def bench(backend_names: Sequence[str], config: str | None = None, images=None, 
     inputs = load_images(images) if images else synthetic_images()
     result: dict = {
         "machine": machine_info(threads, device),
-        "settings": {"backends": list(backend_names), "config": setup.config, "batch": batch, "iters": iters,
+        "settings": {"backends": [e.label for e in entries], "config": setup.config, "batch": batch, "iters": iters,
                      "warmup": warmup, "threads": threads, "device": device, "threshold": threshold, "command": command,
                      "speedup_basis": "torch p50 / backend p50 (end to end, and network alone)"},
         "model": {"config": setup.config, "random_weights": setup.random_weights, "checkpoint": setup.checkpoint,
@@ -198,11 +248,10 @@ def bench(backend_names: Sequence[str], config: str | None = None, images=None, 
     }
     network = None
     with tempfile.TemporaryDirectory(prefix="sathmr-bench-") as tmp:
-        files, result["skipped"] = exported_files(backend_names, setup, Path(tmp), model_path, engine_path, device,
-                                                  log)
-        specs = [WorkerSpec(name, setup, inputs, batch, threads, device, threshold, files.get(name),
-                            {"threads": threads} if name == "ort" else {})
-                 for name in backend_names if name not in result["skipped"]]
+        files, result["skipped"] = exported_files(entries, setup, Path(tmp), model_path, engine_path, device, log)
+        specs = [WorkerSpec(e, setup, inputs, batch, threads, device, threshold, files.get(e.label),
+                            {"threads": threads} if e.backend == "ort" else {})
+                 for e in entries if e.label not in result["skipped"]]
         if specs:
             result["backends"] = run_backends(specs, iters, warmup, log)
     if scaling:

@@ -22,12 +22,43 @@ from sathmr.bench.measure import current_rss_mb, peak_rss_mb
 from sathmr.bench.setup import Setup
 from sathmr.errors import SathmrError
 from sathmr.model.tokens import default_budget, stage_lengths
+from sathmr.precision import EXPORT_PRECISIONS, TORCH_BACKENDS, TORCH_PRECISIONS, precision_kwargs
 from sathmr.timing import StageTimer
+
+#: the precisions each backend can be benchmarked at (ort/trt: of the exported model they run)
+BACKEND_PRECISIONS = {"torch": TORCH_PRECISIONS, "torch-static": TORCH_PRECISIONS, "ort": EXPORT_PRECISIONS,
+                      "trt": ("fp32", "fp16")}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One benchmarked configuration: a backend at a precision, optionally torch.compile'd.
+    Written ``BACKEND[:PRECISION][+compile]`` (``torch:bf16``, ``ort:int8``, ``torch+compile``)."""
+    backend: str
+    precision: str = "fp32"
+    compile: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.backend + ("" if self.precision == "fp32" else f":{self.precision}") + ("+compile" if self.compile else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Entry:
+        body, plus, flag = text.strip().partition("+")
+        name, _, precision = body.partition(":")
+        if name not in BACKEND_PRECISIONS:
+            raise SathmrError(f"--backend: unknown {name!r} in {text!r}; choose from {', '.join(BACKEND_PRECISIONS)}")
+        precision = precision or "fp32"
+        if precision not in BACKEND_PRECISIONS[name]:
+            raise SathmrError(f"--backend {text}: {name} runs {', '.join(BACKEND_PRECISIONS[name])}, not {precision!r}")
+        if plus and (flag != "compile" or name not in TORCH_BACKENDS):
+            raise SathmrError(f"--backend {text}: the only suffix is +compile, on torch backends")
+        return cls(name, precision, bool(plus))
 
 
 @dataclass
 class WorkerSpec:
-    backend: str
+    entry: Entry
     setup: Setup
     images: list[tuple[str, np.ndarray]]
     batch: int
@@ -37,16 +68,27 @@ class WorkerSpec:
     model_path: Path | None = None            # the exported file of an ort/trt backend
     options: dict = field(default_factory=dict)
 
+    @property
+    def backend(self) -> str:
+        return self.entry.backend
+
+    @property
+    def label(self) -> str:
+        return self.entry.label
+
 
 def open_backend(spec: WorkerSpec) -> Backend:
-    if spec.backend in ("torch", "torch-static"):
+    e = spec.entry
+    if e.backend in TORCH_BACKENDS:
         model = spec.setup.network()
-        if spec.backend == "torch-static":
+        if e.backend == "torch-static":
             model.set_budget(default_budget(model.cfg))     # this process owns the model: no copy
-        return load_backend(spec.backend, model=model, device=spec.device,
-                            info={"weights": "random" if spec.setup.random_weights else spec.setup.checkpoint})
-    return load_backend(spec.backend, model_path=spec.model_path, device=spec.device, config=spec.setup.config,
-                        checkpoint=spec.setup.checkpoint, **spec.options)
+        # emulated bf16 runs (and says so in its label): a benchmark measures what the user asked for
+        return load_backend(e.backend, model=model, device=spec.device,
+                            info={"weights": "random" if spec.setup.random_weights else spec.setup.checkpoint},
+                            **precision_kwargs(e.precision, e.compile, allow_emulated=True, backend=e.backend))
+    return load_backend(e.backend, model_path=spec.model_path, device=spec.device, config=spec.setup.config,
+                        checkpoint=spec.setup.checkpoint, precision=e.precision, **spec.options)
 
 
 def static_lengths(backend: Backend) -> dict[str, int] | None:
@@ -79,8 +121,21 @@ def run_pass(predictor: Predictor, spec: WorkerSpec) -> list[dict]:
     return samples
 
 
+def outputs(predictor: Predictor, spec: WorkerSpec) -> list[dict]:
+    """Every image once, alone: the network and decoded outputs the parent compares across entries
+    (``sathmr.parity.compare_outputs``), and each image's own level-1 grid."""
+    res = []
+    for name, img in spec.images:
+        item = predictor.prepare(img)
+        out = predictor.run_batch([item], [name])
+        cells = tuple(s // predictor.cfg.cell_size for s in item.tensor.shape[1:])
+        res.append({"name": name, "cells": cells, "net": {k: v.numpy() for k, v in out.net.items()},
+                    "decoded": out.decoded})
+    return res
+
+
 def serve(conn: Connection, spec: WorkerSpec) -> None:
-    """Process entry point: build the backend, report, then answer 'pass' / 'stats' until 'quit'."""
+    """Process entry point: build the backend, report, then answer 'pass' / 'outputs' / 'stats' until 'quit'."""
     try:
         torch.set_num_threads(spec.threads)
         baseline = current_rss_mb()
@@ -102,8 +157,11 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
         while (cmd := conn.recv()) != "quit":
             if cmd == "pass":
                 conn.send(("samples", run_pass(predictor, spec)))
+            elif cmd == "outputs":
+                conn.send(("outputs", outputs(predictor, spec)))
             elif cmd == "stats":
                 cuda = torch.cuda.max_memory_allocated() / 2**20 if spec.device.startswith("cuda") else None
-                conn.send(("stats", {"peak_rss_mb": peak_rss_mb(), "cuda_max_memory_allocated_mb": cuda}))
+                conn.send(("stats", {"peak_rss_mb": peak_rss_mb(), "cuda_max_memory_allocated_mb": cuda,
+                                     "compile_s": getattr(backend, "compile_seconds", None)}))
     except BaseException:   # noqa: BLE001 - shipped to the parent, which re-raises it with this traceback
         conn.send(("crash", traceback.format_exc()))

@@ -45,6 +45,15 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
         raise SathmrError(f"{', '.join(bad)}: only with --format trt")
     if given.get("onnx_path") is not None and static_budget:
         raise SathmrError("--onnx builds from an existing export: its layout is already fixed")
+    if given.get("int8"):
+        if fmt == "trt":
+            raise SathmrError("--int8 is ONNX Runtime's dynamic quantisation; TensorRT builds int8 only from a "
+                              "calibration, which sathmr does not offer: use --format trt --fp16")
+        if given.get("fp16"):
+            raise SathmrError("--int8 and --fp16 exclude each other (pick one precision)")
+        if static_budget:
+            raise SathmrError("--int8 quantises the tokens graph of the two-stage export; the --static-budget graph "
+                              "holds stage A too, which stays fp32")
 
 
 def describe(art: Artifact) -> str:
@@ -75,6 +84,8 @@ def describe(art: Artifact) -> str:
 @click.option("--canvas", default=None, help="--static-budget: the fixed input HxW (multiples of 56, long side = input size); default square.")
 @click.option("--batch", type=int, default=None, help="Fix the batch size (default: a dynamic batch axis).")
 @click.option("--fp16", is_flag=True, help="Half precision after the token selection (stage A stays fp32; for GPUs).")
+@click.option("--int8", is_flag=True, help="int8 weights in the tokens graph (ONNX Runtime dynamic quantisation, for CPUs; "
+              "stage A stays fp32).")
 @click.option("--portable", is_flag=True, help="Standard ONNX operators only (no ONNX Runtime fusions), for other runtimes.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--simplify", is_flag=True, help="Simplify the graphs with onnxslim/onnxsim when installed.")
@@ -82,17 +93,18 @@ def describe(art: Artifact) -> str:
 @click.option("--workspace-gb", type=float, default=None, help="--format trt: builder workspace (default 4).")
 @click.option("--max-batch", type=int, default=None, help=f"--format trt: largest batch of the profiles (default {DEFAULT_MAX_BATCH}).")
 def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch,
-                   fp16, portable, opset, simplify, onnx_path, workspace_gb, max_batch):
+                   fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch):
     """Export the network for ONNX Runtime or TensorRT: by default the exact two-stage model whose token
     axes follow each image; with --static-budget one graph with fixed token budgets."""
     validate_args(fmt, static_budget, dict(budget_sat=budget_sat, budget_context=budget_context, canvas=canvas,
                                            onnx_path=onnx_path, workspace_gb=workspace_gb, max_batch=max_batch,
-                                           portable=portable))
+                                           portable=portable, int8=int8, fp16=fp16))
     output = Path(output)
     options = dict(static_budget=TokenBudget(budget_sat, budget_context) if static_budget else None,
                    canvas_hw=parse_canvas(canvas), batch=batch, opset=opset, simplify=simplify)
     if fmt == "onnx":
-        art = _export(output, checkpoint, smpl_dir, config, precision="fp16" if fp16 else "fp32", portable=portable,
+        art = _export(output, checkpoint, smpl_dir, config, precision="int8" if int8 else "fp16" if fp16 else "fp32",
+                      portable=portable,
                       **options)
         click.echo(describe(art))
         return

@@ -24,7 +24,8 @@ from sathmr.export.meta import QUERY_OUTPUTS, ExportMeta
 from sathmr.model.sathmr import NET_OUTPUTS, SATHMR
 from sathmr.model.tokens import Selection
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+#: the dtype each precision traces in (int8 is traced in float32; its weights are quantised afterwards)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
 
 
 def _floats(out: dict[str, torch.Tensor], names) -> tuple[torch.Tensor, ...]:

@@ -40,7 +40,8 @@ DEFAULT_OPSET = 18
 LAYOUTS = ("two-stage", "static")
 #: onnxruntime: with ONNX Runtime's fused operators (the default); portable: standard ONNX operators only
 TARGETS = ("onnxruntime", "portable")
-PRECISIONS = ("fp32", "fp16")
+#: int8: the tokens graph's MatMul weights quantised (sathmr.export.quantize); stage A stays fp32 at every precision
+PRECISIONS = ("fp32", "fp16", "int8")
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
 #: graph name → (input names, output names); a two-stage folder holds <name>.onnx / <name>.engine
 GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -19,6 +19,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -30,6 +31,7 @@ from sathmr.errors import SathmrError
 from sathmr.export.graphs import dynamic_shapes, graph_module, sample_inputs
 from sathmr.export.meta import DEFAULT_OPSET, GRAPHS, Artifact, ExportMeta, file_sha256, read_artifact, state_sha256
 from sathmr.export.ort_fusions import TRANSLATIONS, fuse_residuals
+from sathmr.export.quantize import quantize_weights
 from sathmr.model.sathmr import SATHMR
 from sathmr.model.tokens import TokenBudget, default_budget
 from sathmr.weights import load_network
@@ -85,6 +87,8 @@ def export_graph(model: SATHMR, graph: str, meta: ExportMeta, path: Path, simpli
         simplify_onnx(path, external)
     if meta.target == "onnxruntime":
         fuse_residuals(path, model.cfg)
+    if meta.precision == "int8" and graph == "tokens":
+        quantize_weights(path)
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -100,6 +104,9 @@ def export_onnx(model: SATHMR, output: str | Path, meta: ExportMeta, simplify: b
     output = Path(output)
     if meta.layout == "static":
         validate_static(model.cfg, meta.budget, meta.canvas_hw)
+        if meta.precision == "int8":
+            raise SathmrError("--int8 quantises the tokens graph of the two-stage export; the --static-budget graph "
+                              "holds stage A too, which must stay fp32 (the token selection thresholds its output)")
     if (meta.batch is not None and meta.batch < 1) or meta.opset < DEFAULT_OPSET:
         raise SathmrError(f"--batch must be >= 1 and --opset >= {DEFAULT_OPSET}")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +125,29 @@ def export_onnx(model: SATHMR, output: str | Path, meta: ExportMeta, simplify: b
             for graph in meta.graphs:
                 export_graph(m, graph, meta, folder / f"{graph}.onnx", simplify)
             replace_folder(folder, output)
+    return read_artifact(output)
+
+
+def quantize_export(source: str | Path, output: str | Path) -> Artifact:
+    """The int8 version of an fp32 two-stage export — what ``--int8`` exports, derived without tracing
+    the network again (`sathmr bench` measures both): ``scale_map`` copied, ``tokens`` quantised, the
+    metadata of both saying int8."""
+    art, output = read_artifact(source), Path(output)
+    if art.meta.layout != "two-stage" or art.meta.precision != "fp32":
+        raise SathmrError(f"{source}: int8 is derived from an fp32 two-stage export, not a {art.meta.layout} "
+                          f"{art.meta.precision} one")
+    meta = replace(art.meta, precision="int8")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as tmp:
+        folder = Path(tmp) / "export"
+        folder.mkdir()
+        scale_map = onnx.load(str(art.files["scale_map"]))
+        del scale_map.metadata_props[:]
+        for k, v in meta.to_props("scale_map").items():
+            scale_map.metadata_props.add(key=k, value=v)
+        onnx.save_model(scale_map, str(folder / "scale_map.onnx"))
+        quantize_weights(art.files["tokens"], folder / "tokens.onnx", meta.to_props("tokens"))
+        replace_folder(folder, output)
     return read_artifact(output)
 
 

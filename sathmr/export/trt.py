@@ -106,6 +106,9 @@ def build_engines(onnx_model: str | Path, output: str | Path, fp16: bool = False
                   max_batch: int = DEFAULT_MAX_BATCH) -> Artifact:
     """Engines for every graph of an exported ONNX model: a folder for two-stage, a file for static."""
     art = read_artifact(onnx_model)
+    if art.meta.precision == "int8":
+        raise SathmrError(f"{onnx_model} is an int8 export (ONNX Runtime's dynamic quantisation, which TensorRT does "
+                          "not build): give TensorRT an fp32 export")
     if art.meta.target != "portable":
         raise SathmrError(f"{onnx_model} uses ONNX Runtime's own operators, which TensorRT cannot parse: export it "
                           "with `sathmr export --portable`, or let `sathmr export --format trt` export one itself")

@@ -123,7 +123,8 @@ class InferenceService:
         """The JSON of ``sathmr infer`` for this image and threshold; ``mesh="glb"`` adds the people's GLB
         and ``overlay="png"`` the 2x2 overlay, each as ``{"format", "encoding": "base64", "data"}``."""
         cfg, faces = self.predictor.cfg, self.predictor.body_model.faces
-        body = image_json(res, threshold, source, self.predictor.backend.name, cfg.focal)
+        body = image_json(res, threshold, source, self.predictor.backend.name, cfg.focal,
+                          precision=self.predictor.backend.info.get("precision", "fp32"))
         people = res.people[threshold]
         if mesh is not None:
             data = mesh_file_bytes(mesh, [p.vertices for p in people], faces, res.intrinsics, res.img_hw,

@@ -18,6 +18,7 @@ from sathmr.formats import choose_model, model_options
 from sathmr.io import write_json
 from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
+from sathmr.precision import precision_kwargs, precision_options
 from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
 from sathmr.train.data.readers import check_split
@@ -124,6 +125,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
 @model_options
+@precision_options("accuracy")
 @click.option("--config", default=None)
 @click.option("--smpl-dir", type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=None,
@@ -133,7 +135,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
-def eval_command(data_root, dataset, checkpoint, backend, model_path, config, smpl_dir, threshold, protocol,
+def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
     (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
@@ -147,7 +149,8 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
     if choice.model_path is None:
         group.echo(res.note, err=True)
     be = load_backend(choice.backend, checkpoint=choice.checkpoint, model_path=choice.model_path, config=config,
-                      smpl_dir=res.smpl_dir, device=group.device)
+                      smpl_dir=res.smpl_dir, device=group.device,
+                      **precision_kwargs(precision, compile_, allow_emulated=True, backend=choice.backend))
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
@@ -167,7 +170,10 @@ def eval_command(data_root, dataset, checkpoint, backend, model_path, config, sm
                        progress=group.is_main, group=group, **kw)
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     procs = f"  processes {group.world}" if group.world > 1 else ""
-    group.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}{procs}")
+    numerics = be.info.get("precision", "fp32")   # not "precision": that is a detection metric
+    group.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}{procs}"
+               f"  numerics {numerics}")
     group.echo(metrics_table(metrics))
     if json_path and group.is_main:
-        write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol, **metrics})
+        write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol,
+                                     "numerics": numerics, **metrics})

@@ -1,0 +1,140 @@
+"""int8 export (``sathmr export --int8``): ONNX Runtime's dynamic quantisation of the tokens graph.
+
+What is quantised, and why this kind (measured; figures in the README's performance section):
+  * **dynamic** quantisation (``onnxruntime.quantization.quantize_dynamic``): weights to int8 once, at
+    export; activations per tensor at run time. Static (QDQ) quantisation would need calibration images
+    and activation ranges for token axes whose length changes with every image.
+  * **the MatMul weights of stages B/C only** — the Linears of the ViT blocks on the selected tokens and
+    ``feature_proj``, ~80 % of the FLOPs; nodes are picked by the module path the exporter records on
+    each node (``STAGE_BC_MODULES``). The decoder and the heads stay float32 for the reason bf16 keeps
+    them (``sathmr.model.sathmr.precision_scopes``): cheap, but the source of most of the error —
+    quantising them too moved joints 27 mm on the embedded model's synthetic scenes. The attention
+    products of activations stay float as well (``MatMulConstBOnly``). ONNX Runtime's contrib operators of
+    the default target (MultiHeadAttention, SkipLayerNormalization, BiasGelu) pass through unchanged:
+    the quantiser only rewrites the MatMul nodes that feed them (MatMulInteger + DynamicQuantizeLinear,
+    standard ONNX operators, which ONNX Runtime fuses into DynamicQuantizeMatMul when it loads the graph).
+  * **uint8 weights** (U8U8): on CPUs without VNNI, ONNX Runtime's U8S8 kernel saturates its 16-bit
+    intermediate sums (vpmaddubsw), which costs an order of magnitude in accuracy (see ``WEIGHT_TYPE``).
+  * **stage A stays float32** (the ``scale_map`` graph is not touched): the token selection thresholds
+    its output and must not depend on the precision.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import onnx
+
+from sathmr.optional import require
+
+log = logging.getLogger("sathmr.export")
+QUANTISED_OPS = ("MatMul", "Gemm")
+#: the modules whose matrix products are quantised: stages B/C (prefixes of the exporter's module paths)
+STAGE_BC_MODULES = ("model.encoder.", "model.feature_proj")
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"    # the module path torch.onnx records on every node
+#: "QUInt8": accurate on every x86 CPU. "QInt8" (U8S8) is ONNX Runtime's default and as accurate on CPUs
+#: with VNNI, but on AVX2 without it the saturation moved joints ~26 mm on the tiny model (2.8 mm with QUInt8)
+WEIGHT_TYPE = "QUInt8"
+PRE_PROCESS_HINT = "Please consider to run pre-processing before quantization"
+
+
+class _DropHint(logging.Filter):
+    """quantize_dynamic logs a hint to run ``quant_pre_process`` (shape inference and ORT's graph
+    optimisation) on the root logger; the exported graph is already shaped and fused, so it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return PRE_PROCESS_HINT not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root, flt = logging.getLogger(), _DropHint()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def external_files(model: onnx.ModelProto) -> set[str]:
+    """The side files an ONNX model keeps its large weights in (``location`` of external initializers)."""
+    return {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"}
+
+
+def drop_initializer_value_info(model: onnx.ModelProto) -> int:
+    """Remove ``value_info`` entries of initializers (they carry their own shapes). The exporter can leave
+    a stale one behind when it folds a weight's transpose (sat_644: ``ref_point_head`` keeps its
+    [768, 1536] entry on a [1536, 768] initializer), which fails the quantiser's shape inference."""
+    names = {t.name for t in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in names]
+    dropped = len(model.graph.value_info) - len(keep)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    return dropped
+
+
+def module_path(node: onnx.NodeProto) -> str:
+    """The top module a node was exported from (``model.encoder.blocks.0``), "" when not recorded."""
+    scope = next((p.value for p in node.metadata_props if p.key == SCOPE_KEY), "")
+    try:
+        scopes = ast.literal_eval(scope) if scope else []     # a list literal: ['', 'model.encoder.blocks.0', ...]
+    except (ValueError, SyntaxError):
+        return ""
+    return scopes[1] if isinstance(scopes, list) and len(scopes) > 1 and isinstance(scopes[1], str) else ""
+
+
+def stage_bc_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the matrix products with a constant weight that belong to stages B/C."""
+    consts = {t.name for t in model.graph.initializer}
+    picked = []
+    for node in model.graph.node:
+        if node.op_type not in QUANTISED_OPS or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        if module_path(node).startswith(STAGE_BC_MODULES):
+            picked.append(node.name)
+    if not picked:   # the exporter no longer records module paths: a bug to fix here, not the user's
+        raise RuntimeError(f"no stage-B/C matrix product found to quantise (no {SCOPE_KEY} metadata on the nodes?)")
+    return picked
+
+
+def quantize_weights(path: Path, output: Path | None = None, props: dict[str, str] | None = None) -> int:
+    """Quantise the MatMul/Gemm weights of the ONNX file ``path`` to int8 into ``output`` (default: in
+    place), with ``props`` as its metadata (default: the file's own). Returns the number of quantised
+    matrix products.
+
+    The result is one file: int8 weights are a quarter of the float32 ones, so it stays below protobuf's
+    2 GiB even where the float32 graph needed a side file (removed when quantising in place).
+    """
+    quant = require("onnxruntime.quantization")
+    t0 = time.perf_counter()
+    output = output or path
+    original = onnx.load(str(path))
+    sides = external_files(original)
+    props = props if props is not None else {p.key: p.value for p in original.metadata_props}
+    before = path.stat().st_size + sum((path.parent / f).stat().st_size for f in sides)
+    drop_initializer_value_info(original)
+    tmp = output.with_name(f".{output.name}.int8")
+    with _quiet_root_logger():
+        quant.quantize_dynamic(original, tmp, op_types_to_quantize=list(QUANTISED_OPS),
+                               weight_type=getattr(quant.QuantType, WEIGHT_TYPE), per_channel=False,
+                               reduce_range=False, nodes_to_quantize=stage_bc_nodes(original),
+                               extra_options={"MatMulConstBOnly": True})
+    model = onnx.load(str(tmp))
+    del model.metadata_props[:]          # exactly the export's metadata (the quantiser adds its own keys)
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    n = sum(node.op_type == "MatMulInteger" for node in model.graph.node)
+    onnx.save_model(model, str(tmp))
+    os.replace(tmp, output)
+    if output == path:
+        for f in sides:
+            (path.parent / f).unlink(missing_ok=True)
+    log.info("  %s: %d matrix products with int8 weights (%s) in %.1f s, %.0f -> %.0f MB", output.name, n, WEIGHT_TYPE,
+             time.perf_counter() - t0, before / 2**20, output.stat().st_size / 2**20)
+    return n
