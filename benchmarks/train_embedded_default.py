@@ -49,7 +49,7 @@ class Recipe:
     train_seed: int = 0
     val_seed: int = 1
     test_seed: int = 2          # scenes never seen in training nor used to pick the recipe
-    epochs: int = 12
+    epochs: int = 7
     batch_size: int = 8
     lr: float = 6e-4
     lr_encoder: float = 6e-4
