@@ -93,6 +93,8 @@ CONFIGS: dict[str, ModelConfig] = {
         dec_layers=3, dec_heads=2, dim_feedforward=128, num_queries=12,
     ),
 }
+# The embedded default: ``tiny`` on a 336-px canvas, which halves its cost per training step on one CPU thread.
+CONFIGS["tiny336"] = dataclasses.replace(CONFIGS["tiny"], name="tiny336", input_size=336)
 
 
 def get_config(name: str) -> ModelConfig:

@@ -10,7 +10,8 @@ import torch
 from sathmr.backends.base import Backend
 from sathmr.config import ModelConfig
 from sathmr.model import build_model
-from sathmr.model.checkpoint import to_official
+from sathmr.model.checkpoint import load_model, to_official
+from sathmr.weights import EMBEDDED
 
 
 def graph_op_types(path: str | Path) -> set[str]:
@@ -41,3 +42,8 @@ def random_official_state_dict(cfg: ModelConfig, seed: int = 0, body_buffers=Non
     """A state dict in the official layout with random weights."""
     torch.manual_seed(seed)
     return to_official(build_model(cfg).state_dict(), cfg, body_buffers)
+
+
+def embedded_config() -> ModelConfig:
+    """The embedded default's architecture, as its file says (tests follow a retrained default)."""
+    return load_model(EMBEDDED)[0].cfg

@@ -8,7 +8,7 @@ import torch
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
 from sathmr.model import build_model
-from sathmr.model.checkpoint import from_official, load_model, save_checkpoint, to_official
+from sathmr.model.checkpoint import from_official, load_model, load_on_canvas, resize_pos_grid, save_checkpoint, to_official
 
 from helpers import random_official_state_dict
 
@@ -128,6 +128,37 @@ def test_own_format_roundtrip_embeds_config(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     with pytest.raises(SathmrError, match="holds a 'tiny' model"):
         load_model(path, "sat_644")
+
+
+def test_a_checkpoint_moves_to_another_canvas(tmp_path):
+    """Warm start on a smaller canvas: every weight copied, the level-0 position table resized."""
+    torch.manual_seed(2)
+    model = build_model(TINY)
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    small = get_config("tiny336")
+    moved = load_on_canvas(path, small)
+    assert moved.cfg == small and moved.encoder_pos_embeds.shape == (small.grid0, small.grid0, TINY.embed_dim)
+    for k, v in model.state_dict().items():
+        if k != "encoder_pos_embeds":
+            assert torch.equal(moved.state_dict()[k], v), k
+    same = load_on_canvas(path, TINY)                          # same canvas: nothing resampled
+    assert torch.equal(same.encoder_pos_embeds, model.encoder_pos_embeds)
+    with pytest.raises(SathmrError, match="more than the canvas size"):
+        load_on_canvas(path, FULL)
+
+
+def test_position_tables_resize_like_dinov2():
+    """By scale factor (size + 0.1) / n, bicubic: a linear ramp stays the ramp, sampled at those positions."""
+    n, size = 32, 24
+    ramp = torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, n, 2).clone()
+    out = resize_pos_grid(ramp, size)
+    assert out.shape == (size, size, 2)
+    centres = torch.arange(size) + 0.5
+    by_factor, by_size = centres * n / (size + 0.1) - 0.5, centres * n / size - 0.5
+    got = out[3:-3, 5, 0]                                         # cubic (A = -0.75) wiggles by < 0.06
+    assert torch.allclose(got, by_factor[3:-3], atol=0.06)
+    assert (got - by_factor[3:-3]).abs().mean() < 0.5 * (got - by_size[3:-3]).abs().mean()
+    assert torch.allclose(out[:, :, 1], out[:, :1, 1].expand(size, size))    # constant along the other axis
 
 
 @pytest.mark.parametrize("hw", [(46, 46), (26, 46), (46, 26), (4, 46), (2, 2)])

@@ -16,8 +16,9 @@ from sathmr.train.data.augment import AugParams
 from sathmr.train.data.cli import data
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels, HMRDataset, SampleBuilder
+from sathmr.train.data.poses import plausible_pose
 from sathmr.train.data.readers import open_dataset
-from sathmr.train.data.synthetic import generate_dataset, make_scene, plausible_pose
+from sathmr.train.data.synthetic import generate_dataset, make_scene
 
 CFG = get_config("tiny")
 
@@ -115,6 +116,14 @@ def test_cli_writes_a_readable_dataset(tmp_path: Path, smpl_dir: Path) -> None:
     assert len(open_dataset(out, "bedlam", "train_6fps")) == 2
     bad = CliRunner().invoke(data, ["synthetic", "--out", str(out), "--n", "0"])
     assert bad.exit_code != 0
+    hard = CliRunner().invoke(data, ["synthetic", "--out", str(tmp_path / "u"), "--n", "2", "--seed", "3", "--poses",
+                                     "uniform", "--smpl-dir", str(smpl_dir), "--size", "224", "--split", "train"])
+    assert hard.exit_code == 0, hard.output
+    fam, uni = (load_annots(r / "bedlam/bedlam_smpl_train_6fps.npz") for r in (out, tmp_path / "u"))
+    assert fam.keys() == uni.keys()                                   # the same scenes, other poses
+    assert all(not np.array_equal(fam[k]["pose_world"][0][3:], uni[k]["pose_world"][0][3:]) for k in fam)
+    with pytest.raises(SathmrError, match="unknown pose prior"):
+        generate_dataset(tmp_path / "x", 1, smpl_dir=smpl_dir, pose_prior="random")
 
 
 def test_the_back_of_a_mannequin_renders_darker_than_its_front(smpl_dir: Path) -> None:

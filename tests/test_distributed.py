@@ -24,6 +24,8 @@ from sathmr.config import get_config
 from sathmr.distributed import ProcessGroup, launched_processes, start
 from sathmr.errors import SathmrError
 
+from helpers import embedded_config
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 300
 TINY = get_config("tiny")
@@ -134,9 +136,10 @@ def val_set(tmp_path_factory):
     from sathmr.train.data.pipeline import BodyModels
     from sathmr.train.data.synthetic import generate_dataset
     root = tmp_path_factory.mktemp("val")
-    generate_dataset(root, 5, seed=7, size=TINY.input_size, split="val", max_people=3)
+    cfg = embedded_config()          # the scenes are scored with the embedded default
+    generate_dataset(root, 5, seed=7, size=cfg.input_size, split="val", max_people=3)
     bodies = BodyModels(root / "smpl")
-    return root, open_sets(root, [("bedlam", "validation_6fps")], bodies, TINY, train=False), bodies.get("neutral")
+    return root, open_sets(root, [("bedlam", "validation_6fps")], bodies, cfg, train=False), bodies.get("neutral")
 
 
 def test_sharded_evaluation_pools_in_dataset_order(val_set, embedded):

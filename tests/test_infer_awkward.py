@@ -9,6 +9,7 @@ from PIL import Image
 
 from sathmr.cli import main
 
+from helpers import embedded_config
 from test_inputs import exif_rotated_jpeg, smooth_image, write
 
 
@@ -49,7 +50,7 @@ def test_every_awkward_input_is_processed_or_listed(tmp_path, embedded):
         data = json.loads((out / "thresh_0.3" / rel).read_text())
         assert data["image"] == str(path)
     assert json.loads((out / "thresh_0.3" / "exif.json").read_text())["image_hw"] == [90, 160]   # upright
-    assert json.loads((out / "thresh_0.3" / "ünïcødé" / "wide.json").read_text())["resized_hw"] == [2, 448]
+    assert json.loads((out / "thresh_0.3" / "ünïcødé" / "wide.json").read_text())["resized_hw"] == [2, embedded_config().input_size]
 
 
 def test_exif_rotated_photo_gives_the_same_people(tmp_path, embedded):

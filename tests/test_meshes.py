@@ -26,6 +26,8 @@ from sathmr.meshes import CV_TO_GL, gltf_camera, mesh_file_bytes, person_names, 
 from sathmr.render import person_colors
 from sathmr.weights import EMBEDDED, synthetic_smpl_dir
 
+from helpers import embedded_config
+
 HEAD, L_ANKLE, R_ANKLE = 15, 7, 8          # SMPL joint indices
 NAME = "scene"
 VALIDATOR_DIR_ENV = "SATHMR_GLTF_VALIDATOR_DIR"   # a node_modules folder holding gltf-validator
@@ -58,7 +60,8 @@ def run(tmp_path_factory, smpl_dir):
     out = root / "glb" / "thresh_0.3"
     data = json.loads((out / f"{NAME}.json").read_text())
     assert data["num_people"] >= 2, "the embedded default should find the mannequins"
-    assert data["resized_hw"] == [448, 252]    # not square, so the aspect ratio is tested
+    side = embedded_config().input_size
+    assert data["resized_hw"] == [side, round(252 * side / 448)]    # not square, so the aspect ratio is tested
     raw = np.load(root / "glb" / "raw" / f"{NAME}.npz")
     verts_cv = [raw["pred_verts"][p["query"]] for p in data["people"]]
     return {"root": root, "glb": out / f"{NAME}.glb", "obj": root / "obj" / "thresh_0.3" / f"{NAME}.obj",

@@ -10,6 +10,7 @@ Our format: ``.safetensors`` whose metadata holds the config, so a file says wha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -213,6 +214,33 @@ def load_model(path: str | Path, config: str | ModelConfig | None = None,
     return model.eval(), info
 
 
+def resize_pos_grid(grid: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, n, C) position table → (size, size, C), bicubic by scale factor (DINOv2's interpolate_offset
+    of 0.1, not by size) [must match]."""
+    s = (size + 0.1) / grid.shape[0]
+    out = torch.nn.functional.interpolate(grid.permute(2, 0, 1)[None], scale_factor=(s, s), mode="bicubic",
+                                          align_corners=False)
+    return out[0].permute(1, 2, 0)[:size, :size]
+
+
+def load_on_canvas(path: str | Path, cfg: ModelConfig,
+                   mean_params: tuple[np.ndarray, np.ndarray] | None = None) -> SATHMR:
+    """A checkpoint's network built for ``cfg``, which may differ from the file's config in the canvas
+    size only (a warm start on a smaller or larger canvas): every weight is copied, the level-0 position
+    table resized the way DINOv2's is. The model is in eval mode."""
+    src, _ = load_model(path, mean_params=mean_params)
+    if dataclasses.replace(src.cfg, name=cfg.name, input_size=cfg.input_size) != cfg:
+        raise SathmrError(f"{path} holds a {src.cfg.name!r} model, which differs from {cfg.name!r} in more "
+                          "than the canvas size")
+    state = src.state_dict()
+    if cfg.grid0 != src.cfg.grid0:
+        with torch.no_grad():
+            state["encoder_pos_embeds"] = resize_pos_grid(state["encoder_pos_embeds"], cfg.grid0)
+    model = build_model(cfg, src.mean_pose, src.mean_shape)
+    load_strict(model, state)
+    return model.eval()
+
+
 # -------------------------------------------------------------------------------------------------
 # DINOv2 initialisation (training from the pretrained backbone, spec §1.3, §1.4a)
 def init_from_dinov2(model: SATHMR, path: str | Path) -> None:
@@ -236,10 +264,7 @@ def init_from_dinov2(model: SATHMR, path: str | Path) -> None:
             pos = sd["pos_embed"][0]
             model.encoder_cr_token.copy_(sd["cls_token"][0] + pos[:1])
             n = int(math.sqrt(pos.shape[0] - 1))
-            grid = pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
-            s = (cfg.grid0 + 0.1) / n  # DINOv2's interpolate_offset: by scale factor, not size [must match]
-            grid = torch.nn.functional.interpolate(grid, scale_factor=(s, s), mode="bicubic", align_corners=False)
-            model.encoder_pos_embeds.copy_(grid[0].permute(1, 2, 0)[: cfg.grid0, : cfg.grid0])
+            model.encoder_pos_embeds.copy_(resize_pos_grid(pos[1:].reshape(n, n, -1), cfg.grid0))
             model.enc_inter_norm.load_state_dict(model.encoder.norm.state_dict())
     except (KeyError, RuntimeError) as exc:
         raise SathmrError(f"{path} is not a DINOv2 ViT checkpoint matching config {cfg.name!r}: {exc}") from None

@@ -17,7 +17,7 @@ from sathmr.errors import SathmrError
 from sathmr.formats import choose_model, model_options
 from sathmr.io import write_json
 from sathmr.model import build_model
-from sathmr.model.checkpoint import init_from_dinov2, load_model
+from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
 from sathmr.precision import precision_kwargs, precision_options
 from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
@@ -99,9 +99,8 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
         if init.startswith("dinov2:"):
             src = init.split(":", 1)[1]                      # a file, or the registry's dinov2_vitb14
             init_from_dinov2(model, model_file(src) if src in MODELS else src)
-        else:
-            loaded, _ = load_model(checkpoint_path(init), cfg, (mp, ms))
-            model.load_state_dict(loaded.state_dict())
+        else:   # a SAT-HMR checkpoint of this architecture, possibly on another canvas
+            model.load_state_dict(load_on_canvas(checkpoint_path(init), cfg, (mp, ms)).state_dict())
     train_set = open_sets(data_root, parse_sets(datasets, "bedlam:train_6fps"), bodies, cfg, train=True, seed=seed)
     eval_fn = None
     vspecs = parse_sets(val_sets, "bedlam:validation_6fps")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from sathmr.train.data.synthetic import SPLITS, generate_dataset
+from sathmr.train.data.poses import POSE_PRIORS
+from sathmr.train.data.synthetic import HEIGHT_RANGE, MAX_PEOPLE, SPLITS, generate_dataset
 
 
 @click.group("data")
@@ -25,17 +26,21 @@ def data() -> None:
 @click.option("--split", type=click.Choice(["both", "train", "val"]), default="both", show_default=True,
               help="train → bedlam train_6fps, val → validation_6fps; both: N training scenes plus N/10 "
                    "held-out validation scenes (what `sathmr train` and `sathmr eval` read by default)")
-@click.option("--max-people", default=6, show_default=True, type=click.IntRange(min=1))
-@click.option("--min-height", default=0.08, show_default=True, type=float,
+@click.option("--max-people", default=MAX_PEOPLE, show_default=True, type=click.IntRange(min=1))
+@click.option("--min-height", default=HEIGHT_RANGE[0], show_default=True, type=float,
               help="smallest apparent body height, as a fraction of the long side")
-@click.option("--max-height", default=0.9, show_default=True, type=float, help="largest apparent body height")
+@click.option("--max-height", default=HEIGHT_RANGE[1], show_default=True, type=float,
+              help="largest apparent body height")
+@click.option("--poses", "pose_prior", type=click.Choice(list(POSE_PRIORS)), default="families", show_default=True,
+              help="families: standing, walking, sitting, ... with per-joint noise; uniform: every joint "
+                   "independently uniform within anatomical limits (much harder)")
 def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int,
-              min_height: float, max_height: float) -> None:
+              min_height: float, max_height: float, pose_prior: str) -> None:
     """Render N scenes of posed mannequins with exact SMPL ground truth."""
     # "both": validation scenes continue the training scenes' numbering, so the two never share a scene
     plan = [("train", n, 0), ("val", max(1, n // 10), n)] if split == "both" else [(split, n, 0)]
     for part, count, first in plan:
         annot = generate_dataset(out, count, seed=seed, smpl_dir=smpl_dir, size=size, split=part,
                                  max_people=max_people, first=first,
-                                 height_range=(min_height, max_height))
+                                 height_range=(min_height, max_height), pose_prior=pose_prior)
         click.echo(f"wrote {count} scenes; annotations {annot}; read with --dataset bedlam:{SPLITS[part]}")

@@ -2,12 +2,20 @@
 
 Each scene places 1..max_people posed mannequins (any SMPL-layout body model; by default the synthetic
 one from :func:`sathmr.body.generate_synthetic`) at random image positions, depths, shapes and poses in
-front of a procedural background, and renders them with the z-buffered mesh renderer, two-toned: the
-front of the body (facing +z at rest) in the person's colour, the back darker, so that a mannequin
-seen from behind does not look like one seen from the front (their silhouettes are mirror images and
-the heading is drawn from the full circle; without the cue the heading is ambiguous). The GT is stored
-in the world frame with a random camera, so reading it back exercises the same world → camera path
-as real BEDLAM data. Scene i depends only on (seed, i): generation is deterministic and prefix-stable.
+front of a procedural background, and renders them with the z-buffered mesh renderer. The scenes are
+meant to look the way people do in photographs, so that a small network can learn them:
+
+- poses come from realistic pose families (standing, walking, arms raised, ... with per-joint noise;
+  :mod:`sathmr.train.data.poses`), not from independent uniform joints;
+- the mannequin shows which way it faces: its front in the person's colour with a bright face and chest
+  patch, its back darker (a silhouette seen from behind is the mirror image of the one seen from the
+  front, so without a cue the heading is ambiguous); half of the people roughly face the camera, the
+  others take any heading;
+- 1–4 people whose apparent height is 20–90 % of the long side, placed so that no two overlap much.
+
+The GT is stored in the world frame with a random camera, so reading it back exercises the same world →
+camera path as real BEDLAM data. Scene i depends only on (seed, i): generation is deterministic and
+prefix-stable.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import torch
 
 from sathmr.body import generate_synthetic
 from sathmr.errors import SathmrError
+from sathmr.postprocess import box_iou
 from sathmr.render import render_meshes
 from sathmr.train.data.annots_io import save_annots
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels
+from sathmr.train.data.poses import POSE_PRIORS
 from sathmr.train.data.readers import LAYOUTS
 
 # --split → BEDLAM split name read back by ``open_dataset(out, 'bedlam', <name>)``
@@ -32,40 +42,21 @@ SPLITS = {"train": "train_6fps", "val": "validation_6fps"}
 ASPECTS = ((4, 3), (16, 9), (1, 1), (3, 4), (9, 16), (3, 2))
 BODY_HEIGHT_M = 1.7
 BACK_SHADE = 0.35           # the back of a mannequin is its colour times this
-HEIGHT_RANGE = (0.08, 0.9)  # apparent body height as a fraction of the long image side (log-uniform)
+PATCH_COLOR = 255           # the face and chest patch on its front (white; person colours stay below it)
+COLOR_RANGE = (40, 200)     # per-channel person colours
+HEIGHT_RANGE = (0.2, 0.9)   # apparent body height as a fraction of the long image side (log-uniform)
+MAX_PEOPLE = 4
+FACING_CAMERA = 0.5         # fraction of people whose heading is within ±FACING_SPREAD of the camera
+FACING_SPREAD = np.pi / 4
+MAX_OVERLAP = 0.25          # box IoU allowed between two people of a scene (re-drawn up to PLACE_TRIES)
+PLACE_TRIES = 20
 
-# Uniform per-axis ranges (radians, SMPL joint frame: x left, y up, z forward) of plausible poses.
-_SYM = {  # joint: (lo, hi) per axis for the person's left side; the right side mirrors y and z
-    1: ((-1.3, 0.4), (-0.3, 0.3), (-0.1, 0.5)),     # hip: flexion is −x
-    4: ((0.0, 2.0), (-0.1, 0.1), (-0.1, 0.1)),      # knee bends backwards only
-    7: ((-0.3, 0.4), (-0.2, 0.2), (-0.2, 0.2)),     # ankle
-    10: ((-0.15, 0.15), (-0.1, 0.1), (-0.1, 0.1)),  # foot
-    13: ((-0.15, 0.15), (-0.15, 0.15), (-0.2, 0.2)),  # collar
-    16: ((-0.5, 0.5), (-0.7, 0.7), (-1.3, 0.3)),    # shoulder: arms down is −z for the left arm
-    18: ((-0.2, 0.2), (-2.2, 0.0), (-0.2, 0.2)),    # elbow: forward bend is −y for the left arm
-    20: ((-0.4, 0.4), (-0.3, 0.3), (-0.5, 0.5)),    # wrist
-    22: ((-0.2, 0.2), (-0.2, 0.2), (-0.2, 0.2)),    # hand
-}
-_CENTRAL = {3: 0.3, 6: 0.2, 9: 0.2, 12: 0.3, 15: 0.35}   # spine, neck, head: ± on every axis
-
-
-def plausible_pose(rng: np.random.Generator) -> np.ndarray:
-    """(69,) body pose with per-joint anatomical limits (left/right sampled independently)."""
-    pose = np.zeros((24, 3))
-    for joint, amp in _CENTRAL.items():
-        pose[joint] = rng.uniform(-amp, amp, 3)
-    for left, ranges in _SYM.items():
-        lo, hi = np.array(ranges).T
-        pose[left] = rng.uniform(lo, hi)
-        right = rng.uniform(lo, hi) * np.array([1.0, -1.0, -1.0])
-        pose[left + 1] = right
-    return pose[1:].reshape(69)
-
-
-def camera_facing_orient(rng: np.random.Generator) -> np.ndarray:
-    """Upright in the camera frame (y down): SMPL up → image up, any heading, a little lean."""
+def camera_facing_orient(rng: np.random.Generator, facing: float = FACING_CAMERA) -> np.ndarray:
+    """Upright in the camera frame (y down): SMPL up → image up, a little lean, and a heading that
+    is near the camera for a ``facing`` fraction of people (as in photographs), anything otherwise."""
     upright = rotvec_to_matrix(np.array([np.pi, 0.0, 0.0]))[0]
-    heading = rotvec_to_matrix(np.array([0.0, rng.uniform(-np.pi, np.pi), 0.0]))[0]
+    spread = FACING_SPREAD if rng.random() < facing else np.pi
+    heading = rotvec_to_matrix(np.array([0.0, rng.uniform(-spread, spread), 0.0]))[0]
     lean = rotvec_to_matrix(rng.uniform(-0.15, 0.15, 3))[0]
     return matrix_to_rotvec(upright @ heading @ lean)[0]
 
@@ -151,10 +142,31 @@ def front_faces(body_model, faces: np.ndarray) -> np.ndarray:
     return normals[:, 2] > 0
 
 
-def two_tone(colors: np.ndarray, front: np.ndarray) -> np.ndarray:
-    """(n,3) person colours → (n,F,3) face colours: the colour in front, BACK_SHADE of it behind."""
+def front_patch(body_model, faces: np.ndarray) -> np.ndarray:
+    """(F,) bool: the face (front of the head) and the chest, the faces painted :data:`PATCH_COLOR`.
+
+    Chosen in the rest pose from the body model's own joints (the head above the neck; the chest
+    between the spine and the collar bones, inside the shoulders), so any SMPL-layout model works.
+    """
+    with torch.no_grad():
+        rest, joints = body_model(torch.zeros(1, 3), torch.zeros(1, 69), torch.zeros(1, 10))
+    centre = rest[0].double().numpy()[faces].mean(axis=1)
+    j = joints[0].double().numpy()
+    neck, head, spine2, l_collar, l_shoulder = j[12], j[15], j[6], j[13], j[16]
+    face = centre[:, 1] > (neck[1] + head[1]) / 2
+    chest = ((centre[:, 1] > spine2[1]) & (centre[:, 1] < l_collar[1])
+             & (np.abs(centre[:, 0]) < 0.65 * l_shoulder[0]))
+    return front_faces(body_model, faces) & (face | chest)
+
+
+def two_tone(colors: np.ndarray, front: np.ndarray, patch: np.ndarray | None = None) -> np.ndarray:
+    """(n,3) person colours → (n,F,3) face colours: the colour in front, BACK_SHADE of it behind,
+    and :data:`PATCH_COLOR` on the ``patch`` faces (the front cue)."""
     back = np.rint(colors * BACK_SHADE).astype(np.uint8)
-    return np.where(front[None, :, None], colors[:, None], back[:, None])
+    out = np.where(front[None, :, None], colors[:, None], back[:, None])
+    if patch is not None:
+        out[:, patch] = PATCH_COLOR
+    return out
 
 
 @dataclass
@@ -170,9 +182,35 @@ def _random_camera(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return rot, rng.uniform(-3.0, 3.0, 3)
 
 
-def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_people: int,
-               height_range: tuple[float, float] = HEIGHT_RANGE) -> Scene:
-    """One scene; a narrower ``height_range`` (e.g. large people only) serves as an easier curriculum stage."""
+def _image_box(verts_c: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """(4,) x0 y0 x1 y1 pixel box of camera-frame vertices."""
+    uv = verts_c[:, :2] / verts_c[:, 2:3] * k[[0, 1], [0, 1]] + k[:2, 2]
+    return np.concatenate([uv.min(0), uv.max(0)])
+
+
+def _place(rng: np.random.Generator, verts: np.ndarray, rest_pelvis: np.ndarray, depth: np.ndarray,
+           k: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(n,3) camera-frame translations: pelvis anywhere in the image, re-drawn (up to PLACE_TRIES
+    times) while the person's box overlaps an earlier one by more than MAX_OVERLAP IoU."""
+    h, w = hw
+    focal = k[0, 0]
+    transl, boxes = [], []
+    for i in range(len(verts)):
+        for _ in range(PLACE_TRIES):
+            uv = rng.uniform([0.05 * w, 0.05 * h], [0.95 * w, 0.95 * h])
+            pelvis = np.append((uv - k[:2, 2]) * depth[i] / focal, depth[i])
+            box = _image_box(verts[i] + pelvis - rest_pelvis[i], k)
+            if not boxes or box_iou(box[None], np.stack(boxes)).max() <= MAX_OVERLAP:
+                break
+        transl.append(pelvis - rest_pelvis[i])
+        boxes.append(box)
+    return np.stack(transl)
+
+
+def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_people: int = MAX_PEOPLE,
+               height_range: tuple[float, float] = HEIGHT_RANGE, pose_prior: str = "families") -> Scene:
+    """One scene; a narrower ``height_range`` (e.g. large people only) serves as an easier curriculum
+    stage, ``pose_prior="uniform"`` as a harder one (independent joints, see :mod:`.poses`)."""
     aw, ah = ASPECTS[rng.integers(len(ASPECTS))]
     w, h = (size, int(size * ah / aw)) if aw >= ah else (int(size * aw / ah), size)
     fov = np.deg2rad(rng.uniform(45.0, 75.0))
@@ -181,13 +219,11 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
     n = int(rng.integers(1, max_people + 1))
 
     betas = np.clip(rng.normal(0.0, 1.0, (n, 10)), -2.5, 2.5)
-    body_pose = np.stack([plausible_pose(rng) for _ in range(n)])
+    body_pose = np.stack([POSE_PRIORS[pose_prior](rng) for _ in range(n)])
     orient_c = np.stack([camera_facing_orient(rng) for _ in range(n)])
-    # apparent height from 8% to 90% of the long side, log-uniform; pelvis anywhere in the image
+    # apparent height log-uniform in height_range (a fraction of the long side)
     frac = np.exp(rng.uniform(np.log(height_range[0]), np.log(height_range[1]), n))
     depth = focal * BODY_HEIGHT_M / (frac * max(h, w))
-    uv = rng.uniform([0.05 * w, 0.05 * h], [0.95 * w, 0.95 * h], (n, 2))
-    pelvis_c = np.concatenate([(uv - k[:2, 2]) * (depth / focal)[:, None], depth[:, None]], 1)
 
     bm = bodies.get("neutral")
     with torch.no_grad():
@@ -195,11 +231,13 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
                            torch.as_tensor(body_pose, dtype=torch.float32),
                            torch.as_tensor(betas, dtype=torch.float32))
     verts, rest_pelvis = verts.double().numpy(), joints[:, 0].double().numpy()
-    transl_c = pelvis_c - rest_pelvis
+    transl_c = _place(rng, verts, rest_pelvis, depth, k, (h, w))
     verts_c = verts + transl_c[:, None]
 
-    colors = two_tone(rng.uniform(60, 255, (n, 3)).astype(np.uint8), front_faces(bm, bodies.faces))
-    image = render_meshes(procedural_background(rng, h, w), list(verts_c), bodies.faces, k, colors)
+    faces = bodies.faces
+    colors = two_tone(rng.uniform(*COLOR_RANGE, (n, 3)).astype(np.uint8), front_faces(bm, faces),
+                      front_patch(bm, faces))
+    image = render_meshes(procedural_background(rng, h, w), list(verts_c), faces, k, colors)
 
     cam_rot, cam_trans = _random_camera(rng)
     orient_w = matrix_to_rotvec(cam_rot.T @ rotvec_to_matrix(orient_c))
@@ -216,8 +254,8 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
 
 
 def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Path | None = None,
-                     size: int = 448, split: str = "train", max_people: int = 6, first: int = 0,
-                     height_range: tuple[float, float] = HEIGHT_RANGE) -> Path:
+                     size: int = 448, split: str = "train", max_people: int = MAX_PEOPLE, first: int = 0,
+                     height_range: tuple[float, float] = HEIGHT_RANGE, pose_prior: str = "families") -> Path:
     """Write scenes ``first .. first+n-1`` under ``<out>/bedlam/`` for ``open_dataset(out, 'bedlam', SPLITS[split])``.
 
     Without ``smpl_dir`` a synthetic SMPL folder is generated in ``<out>/smpl`` (or reused). Returns
@@ -227,6 +265,8 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
         raise SathmrError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if n < 1 or max_people < 1 or size < 56:
         raise SathmrError("need --n >= 1, --max-people >= 1 and --size >= 56")
+    if pose_prior not in POSE_PRIORS:
+        raise SathmrError(f"unknown pose prior {pose_prior!r}; choose from {', '.join(POSE_PRIORS)}")
     if not 0 < height_range[0] <= height_range[1]:
         raise SathmrError(f"need 0 < --min-height <= --max-height, got {height_range[0]}, {height_range[1]}")
     out = Path(out)
@@ -240,7 +280,7 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
     image_dir.mkdir(parents=True, exist_ok=True)
     annots: dict[str, dict] = {}
     for i in range(first, first + n):
-        scene = make_scene(np.random.default_rng([seed, i]), bodies, size, max_people, height_range)
+        scene = make_scene(np.random.default_rng([seed, i]), bodies, size, max_people, height_range, pose_prior)
         name = f"synth_s{seed}_{i:06d}.png"
         if not cv2.imwrite(str(image_dir / name), scene.image):
             raise SathmrError(f"cannot write {image_dir / name}")
