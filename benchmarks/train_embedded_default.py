@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -35,8 +35,15 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from sathmr.train.engine import TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.5, 0.3)
+
+
+#: the shipped run's optimisation (every loss and weight the original's; the README says why these values)
+TRAIN = TrainConfig(epochs=7, batch_size=8, lr=6e-4, lr_encoder=6e-4, warmup_steps=200, min_lr_ratio=0.05,
+                    gt_scale_epochs=4, seed=42, save_every_steps=200)
 
 
 @dataclass
@@ -49,16 +56,7 @@ class Recipe:
     train_seed: int = 0
     val_seed: int = 1
     test_seed: int = 2          # scenes never seen in training nor used to pick the recipe
-    epochs: int = 7
-    batch_size: int = 8
-    lr: float = 6e-4
-    lr_encoder: float = 6e-4
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.05
-    gt_scale_epochs: int = 4
-    seed: int = 42
-    max_steps: int = 0
-    save_every_steps: int = 200
+    train: TrainConfig = field(default_factory=lambda: TRAIN)
     init_sha256: str = ""
 
 
@@ -188,10 +186,10 @@ def plot_curves(history: list[dict], val_rows: list[dict], png: Path) -> None:
 @click.command()
 @click.option("--out", "out_dir", default="runs/embedded", show_default=True, type=click.Path(file_okay=False))
 @click.option("--data", "data_dir", default=None, help="Scene folder (default OUT/data); reused when present.")
-@click.option("--epochs", type=int, default=Recipe.epochs, show_default=True)
+@click.option("--epochs", type=int, default=TRAIN.epochs, show_default=True)
 @click.option("--max-steps", type=int, default=0, help="Stop early (short probes); the schedule still spans --epochs.")
-@click.option("--lr", type=float, default=Recipe.lr, show_default=True)
-@click.option("--batch-size", type=int, default=Recipe.batch_size, show_default=True)
+@click.option("--lr", type=float, default=TRAIN.lr, show_default=True)
+@click.option("--batch-size", type=int, default=TRAIN.batch_size, show_default=True)
 @click.option("--init", default=Recipe.init, show_default=True,
               help="Warm start: 'embedded' (the shipped weights, copied to OUT/init.safetensors on the first run so "
                    "that a resumed or repeated run starts from the same file), a checkpoint, or 'scratch'.")
@@ -204,10 +202,11 @@ def main(out_dir, data_dir, epochs, max_steps, lr, batch_size, init, install):
     from sathmr.model.checkpoint import load_on_canvas
     from sathmr.train.cli import open_sets
     from sathmr.train.data.pipeline import BodyModels
-    from sathmr.train.engine import TrainConfig, train
+    from sathmr.train.engine import train
     from sathmr.weights import EMBEDDED
 
-    rc = Recipe(epochs=epochs, max_steps=max_steps, lr=lr, lr_encoder=lr, batch_size=batch_size, init=init)
+    rc = Recipe(init=init, train=replace(TRAIN, epochs=epochs, max_steps=max_steps, lr=lr, lr_encoder=lr,
+                                         batch_size=batch_size))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir) if data_dir else out / "data"
@@ -223,7 +222,7 @@ def main(out_dir, data_dir, epochs, max_steps, lr, batch_size, init, install):
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
     mp, ms = load_mean_params(smpl)
-    torch.manual_seed(rc.seed)
+    torch.manual_seed(rc.train.seed)
     model = build_model(cfg, torch.from_numpy(mp), torch.from_numpy(ms))
     if rc.init != "scratch":     # a resumed run loads its checkpoint over this
         init_file = out / "init.safetensors"
@@ -231,14 +230,12 @@ def main(out_dir, data_dir, epochs, max_steps, lr, batch_size, init, install):
             shutil.copyfile(EMBEDDED if rc.init == "embedded" else rc.init, init_file)
         model.load_state_dict(load_on_canvas(init_file, cfg, (mp, ms)).state_dict())
         rc.init_sha256 = hashlib.sha256(init_file.read_bytes()).hexdigest()
-    train_set = open_sets(data, [("bedlam", "train_6fps")], bodies, cfg, train=True, seed=rc.seed)
+    train_set = open_sets(data, [("bedlam", "train_6fps")], bodies, cfg, train=True, seed=rc.train.seed)
     val_set = open_sets(data, [("bedlam", "validation_6fps")], bodies, cfg, train=False)
-    tc = TrainConfig(epochs=rc.epochs, batch_size=rc.batch_size, lr=rc.lr, lr_encoder=rc.lr_encoder,
-                     warmup_steps=rc.warmup_steps, min_lr_ratio=rc.min_lr_ratio, gt_scale_epochs=rc.gt_scale_epochs,
-                     seed=rc.seed, max_steps=rc.max_steps, save_every_steps=rc.save_every_steps)
+    tc = rc.train
     (out / "recipe.json").write_text(json.dumps(asdict(rc), indent=1))
     val_log = out / "val.jsonl"
-    eval_fn = validation_fn(val_set, body, smpl, val_log, len(train_set) // rc.batch_size)
+    eval_fn = validation_fn(val_set, body, smpl, val_log, len(train_set) // rc.train.batch_size)
     t1 = time.perf_counter()
     res = train(model, train_set, body, out, tc, eval_fn=eval_fn, log=lambda s: print(s, flush=True))
     minutes = (time.perf_counter() - t1) / 60
