@@ -1,6 +1,6 @@
 """Fusions that make the exported graphs fast on ONNX Runtime (the default ``--format onnx`` target).
 
-Two kinds, both keeping the arithmetic (measured parity ≤ 1e-5 relative on every output):
+Three rewrites, all keeping the arithmetic (measured parity ≤ 1e-5 relative on every output):
 
   * **Attention** — every self-attention whose query, key and value share one head size (the 15 ViT
     blocks, the decoder's self-attention) is exported as one ``com.microsoft.MultiHeadAttention`` node
@@ -16,7 +16,7 @@ Two kinds, both keeping the arithmetic (measured parity ≤ 1e-5 relative on eve
     (``onnxruntime.transformers``): Add + LayerNormalization → SkipLayerNormalization, bias Add + GELU →
     BiasGelu.
 
-Both use ONNX Runtime contrib operators, which other runtimes do not have: ``sathmr export --portable``
+All use ONNX Runtime contrib operators, which other runtimes do not have: ``sathmr export --portable``
 (and the TensorRT build) leave them out.
 """
 
@@ -111,15 +111,18 @@ def skip_full_masks(graph: onnx.GraphProto) -> int:
             conds[mask] = f"{mask}__all_valid"
             nodes += [onnx.helper.make_node("ReduceMin", [mask], [f"{mask}__min"], keepdims=0),
                       onnx.helper.make_node("Cast", [f"{mask}__min"], [conds[mask]], to=onnx.TensorProto.BOOL)]
+        plain = list(node.input[:4])          # query, key, value and the bias, if any; no mask
+        while not plain[-1]:
+            plain.pop()
+        dtype = known.get(node.output[0]) or known.get(node.input[0]) or onnx.TensorProto.FLOAT   # fp16 exports
         branches = {}
-        for kind, inputs in (("plain", list(node.input[:3])), ("masked", list(node.input))):
+        for kind, inputs in (("plain", plain), ("masked", list(node.input))):
             inner = onnx.NodeProto()
             inner.CopyFrom(node)
             inner.name = f"{node.name}__{kind}"
             del inner.input[:], inner.output[:]
             inner.input.extend(inputs)
             inner.output.append(f"{node.output[0]}__{kind}")
-            dtype = known.get(node.output[0]) or known.get(node.input[0]) or onnx.TensorProto.FLOAT   # fp16 exports
             out = onnx.helper.make_tensor_value_info(inner.output[0], dtype, None)
             branches[kind] = onnx.helper.make_graph([inner], inner.name, [], [out])
         nodes.append(onnx.helper.make_node("If", [conds[mask]], list(node.output), name=f"{node.name}__if",
