@@ -31,7 +31,7 @@ from sathmr.backends import BACKENDS, Backend, open_model
 from sathmr.errors import SathmrError
 from sathmr.io import iter_images, write_json
 from sathmr.postprocess import box_iou
-from sathmr.precision import ALL_PRECISIONS, precision_kwargs
+from sathmr.precision import parse_precisions, precision_kwargs
 from sathmr.preprocess import Prepared
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
@@ -232,15 +232,6 @@ def precision_table(reports: list[ParityReport]) -> str:
     a = reports[0]
     return "\n".join([f"accuracy against {a.a} ({a.precision_a}), threshold {a.threshold:g}:", line(PRECISION_HEADER),
                       "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
-def parse_precisions(text: str | None) -> list[str | None]:
-    """``--precision bf16,fp16`` → ['bf16', 'fp16']; none given → [None] (the backend's own)."""
-    names = [p.strip() for p in (text or "").split(",") if p.strip()]
-    bad = [p for p in names if p not in ALL_PRECISIONS]
-    if bad:
-        raise SathmrError(f"--precision: unknown {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
-    return names or [None]
 
 
 @click.command("parity")

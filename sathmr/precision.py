@@ -24,13 +24,14 @@ import click
 import torch
 
 from sathmr.errors import SathmrError
+from sathmr.export.meta import PRECISIONS
 from sathmr.hardware import not_native
 
 #: precisions of the PyTorch backends (the reduced ones apply to stages B/C, decoder and heads)
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
-#: precisions an exported model can have (kept in step with ``sathmr.export.meta.PRECISIONS``)
-EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
-ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+#: precisions an exported model can have
+EXPORT_PRECISIONS = PRECISIONS
+ALL_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS))
 TORCH_BACKENDS = ("torch", "torch-static")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,6 +83,15 @@ def check_export_precision(requested: str | None, found: str, source: str) -> No
     if requested is not None and requested != found:
         raise SathmrError(f"--precision {requested}: {source} is a {found} export, and an exported model runs at "
                           "its own precision (export another with `sathmr export [--fp16 | --int8]`)")
+
+
+def parse_precisions(text: str | None) -> list[str | None]:
+    """``--precision bf16,fp16`` → ['bf16', 'fp16']; none given → [None] (the backend's own)."""
+    names = [p.strip() for p in (text or "").split(",") if p.strip()]
+    bad = [p for p in names if p not in ALL_PRECISIONS]
+    if bad:
+        raise SathmrError(f"--precision: unknown {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
+    return names or [None]
 
 
 def precision_kwargs(precision: str | None = None, compile: bool = False, allow_emulated: bool = False,

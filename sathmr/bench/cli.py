@@ -13,7 +13,7 @@ from sathmr.bench.scaling import plot_scaling
 from sathmr.bench.worker import BACKEND_PRECISIONS, Entry
 from sathmr.errors import SathmrError
 from sathmr.io import write_json
-from sathmr.precision import ALL_PRECISIONS
+from sathmr.precision import parse_precisions
 
 
 def command_line() -> str:
@@ -32,10 +32,7 @@ def command_line() -> str:
 def parse_backends(text: str, precisions: str | None = None) -> list[Entry]:
     """``torch,torch:bf16,ort:int8,torch+compile`` → entries. ``precisions`` (``--precision fp32,bf16,int8``)
     expands every entry without its own precision into one per listed precision that backend runs."""
-    listed = [p.strip() for p in (precisions or "").split(",") if p.strip()]
-    bad = [p for p in listed if p not in ALL_PRECISIONS]
-    if bad:
-        raise SathmrError(f"--precision: unknown {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
+    listed = [p for p in parse_precisions(precisions) if p]
     entries = []
     for item in (n.strip() for n in text.split(",") if n.strip()):
         e = Entry.parse(item)
