@@ -24,13 +24,12 @@ import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import onnx
-from google.protobuf.message import DecodeError
 from torch import nn
 
 from sathmr import __version__
 from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
+from sathmr.export.integrity import check_meta_values, check_signature, read_header
 from sathmr.files import file_sha256  # noqa: F401 - exporters and backends import it from here
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import TokenBudget
@@ -163,6 +162,7 @@ class ExportMeta:
             io = (tuple(json.loads(props["sathmr.inputs"])), tuple(json.loads(props["sathmr.outputs"])))
         except (KeyError, ValueError, TypeError) as exc:
             raise SathmrError(f"{source} has damaged sathmr metadata ({exc}); re-export it") from None
+        check_meta_values(meta.batch, meta.max_batch, meta.canvas_hw, meta.budget, meta.thresholds, source)
         if graph is not None and found != graph:
             raise SathmrError(f"{source} holds the {found!r} graph, expected {graph!r}")
         if found not in GRAPHS or io != GRAPHS[found]:
@@ -196,11 +196,15 @@ class Artifact:
 
 
 def _onnx_props(path: Path) -> dict[str, str]:
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except DecodeError as exc:
-        raise SathmrError(f"cannot read ONNX model {path}: not an ONNX file, or truncated ({exc})") from None
-    return {p.key: p.value for p in proto.metadata_props}
+    return read_header(path).props      # refuses external data outside the folder (sathmr.export.integrity)
+
+
+def _check_graphs(art: Artifact) -> Artifact:
+    """The ONNX graphs' own input signatures against the metadata (sathmr.export.integrity)."""
+    for f in art.files.values():
+        if f.suffix == ".onnx":
+            check_signature(read_header(f), art.meta.cfg, art.meta.batch, art.meta.canvas_hw, str(f))
+    return art
 
 
 def read_engine(path: Path) -> tuple[dict[str, str], bytes]:
@@ -244,13 +248,13 @@ def read_artifact(path: str | Path, suffix: str = ".onnx") -> Artifact:
         if first.export_id != second.export_id or first != second:
             raise SathmrError(f"{path}: {files['scale_map'].name} and {files['tokens'].name} come from different "
                               "exports; re-export the folder")
-        return Artifact(first, files, path)
+        return _check_graphs(Artifact(first, files, path))
     if not path.exists():
         raise SathmrError(f"model not found: {path}")
     meta = ExportMeta.from_props(graph_props(path), str(path))
     if meta.layout != "static":
         raise SathmrError(f"{path} is one graph of a two-stage export: pass its folder ({path.parent})")
-    return Artifact(meta, {"static": path}, path)
+    return _check_graphs(Artifact(meta, {"static": path}, path))
 
 
 def read_meta(path: str | Path) -> ExportMeta:
