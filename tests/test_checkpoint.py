@@ -130,6 +130,25 @@ def test_own_format_roundtrip_embeds_config(tmp_path):
         load_model(path, "sat_644")
 
 
+@pytest.mark.parametrize("config, match", [
+    (None, "has no 'config' metadata"),
+    ('{"name": "tiny", "input_size": ', "damaged 'config' metadata \\(JSONDecodeError"),
+    ('["tiny"]', "damaged 'config' metadata"),
+    ('{"name": "tiny", "colour": 3}', "damaged 'config' metadata .*unknown config fields"),
+    ('{"name": "tiny", "input_size": "wide"}', "damaged 'config' metadata \\(TypeError"),
+])
+def test_own_format_with_missing_or_damaged_config_fails_in_one_line(tmp_path, config, match):
+    """A sathmr-tagged .safetensors whose config metadata is gone or garbled (issue #25, row 7)."""
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in build_model(TINY).state_dict().items()}
+    meta = {"format": "sathmr", **({"config": config} if config is not None else {})}
+    path = tmp_path / "broken.safetensors"
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(SathmrError, match=match) as err:
+        load_model(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_checkpoint_moves_to_another_canvas(tmp_path):
     """Warm start on a smaller canvas: every weight copied, the level-0 position table resized."""
     torch.manual_seed(2)

@@ -176,14 +176,25 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
             state = load_file(str(path))
         except SafetensorError as exc:   # a truncated or foreign file: the user's to fix
             raise SathmrError(f"cannot read checkpoint {path}: {exc}") from None
-        cfg = ModelConfig.from_json(meta["config"]) if meta.get("format") == FORMAT_TAG else None
-        return state, cfg, meta
+        return state, _embedded_config(meta, path) if meta.get("format") == FORMAT_TAG else None, meta
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:   # not a weights-only torch file
         raise SathmrError(f"cannot read checkpoint {path} (truncated, or not a weights-only torch file): "
                           f"{str(exc).splitlines()[0]}") from None
     return unwrap_state_dict(obj), None, {}
+
+
+def _embedded_config(meta: dict[str, str], path: Path) -> ModelConfig:
+    """The config a sathmr checkpoint carries; missing or damaged metadata is the file's fault, one line."""
+    if "config" not in meta:
+        raise SathmrError(f"{path} is marked as a sathmr checkpoint but has no 'config' metadata; re-save it "
+                          "with sathmr (or use the training run's own checkpoint)")
+    try:
+        return ModelConfig.from_json(meta["config"])
+    except (ValueError, TypeError, AttributeError, SathmrError) as exc:
+        raise SathmrError(f"{path} has damaged 'config' metadata ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:160]}); re-save it with sathmr") from None
 
 
 def load_model(path: str | Path, config: str | ModelConfig | None = None,
