@@ -1,6 +1,7 @@
 """Training engine: a step learns, a resumed run repeats the uninterrupted one, eval runs end to end."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -120,3 +121,40 @@ def test_loss_is_the_same_when_every_dn_layer_is_decoded(synth):
         total_all, parts_all = crit(out, targets, dn)
     assert "j3ds_dn" in parts and set(parts) == set(parts_all)
     assert torch.equal(total, total_all)
+
+
+def test_damaged_resume_state_fails_in_one_line_naming_the_folder(synth, tmp_path):
+    """Issue #25, row 8: a damaged optimizer/schedule/RNG/progress file in the step folder a run resumes
+    from is one line naming that folder and --no-resume; a damaged RNG state is not skipped."""
+    import shutil
+
+    from sathmr.errors import SathmrError
+    from sathmr.train.engine import TrainConfig, train
+    tc = TrainConfig(epochs=1, batch_size=2, lr=1e-4, lr_encoder=1e-4, max_steps=1, save_every_steps=1)
+
+    def run(out, resume=True, steps=1):
+        model, ds, body = make(synth)
+        return train(model, ds, body, out, replace(tc, max_steps=steps), resume=resume, log=lambda s: None)
+
+    run(tmp_path / "good", resume=False)
+    step = tmp_path / "good" / "checkpoints" / "step_1"
+    assert {"optimizer.bin", "sched.pt", "random_states_0.pkl", "progress.json"} <= {p.name for p in step.iterdir()}
+    damage = {"optimizer.bin": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+              "sched.pt": lambda p: p.write_bytes(b"\x80\x04garbage"),
+              "random_states_0.pkl": lambda p: p.write_bytes(b"not a pickle"),
+              "progress.json": lambda p: p.write_text('{"epoch": 0}')}
+    for name, spoil in damage.items():
+        out = tmp_path / name.replace(".", "_")
+        shutil.copytree(tmp_path / "good", out)
+        spoil(out / "checkpoints" / "step_1" / name)
+        with pytest.raises(SathmrError, match=f"cannot resume from .*step_1: {name} is damaged .*--no-resume") as err:
+            run(out, steps=2)
+        assert "\n" not in str(err.value)
+        run(out, resume=False)                                   # --no-resume starts over
+    out = tmp_path / "no_rng"
+    shutil.copytree(tmp_path / "good", out)
+    (out / "checkpoints" / "step_1" / "random_states_0.pkl").unlink()
+    with pytest.raises(SathmrError, match="random_states_0.pkl is damaged \\(missing\\)"):
+        run(out, steps=2)
+    r = CliRunner().invoke(main, ["train", "--help"])
+    assert "--no-resume" in r.output

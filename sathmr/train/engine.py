@@ -34,6 +34,7 @@ from sathmr.train.data.pipeline import collate, seed_epoch, stack_images
 from sathmr.train.dn import build_dn_queries
 from sathmr.train.losses import SetCriterion, accelerate_reducer
 from sathmr.train.metrics import EvalAccumulator, EvalSums
+from sathmr.train.resume import resume_state
 from sathmr.train.schedule import warmup_cosine_lambda
 
 
@@ -132,9 +133,7 @@ def train(model, train_set, body_model, out_dir: Path, tc: TrainConfig, resume: 
         done = sorted((p for p in ckpt_root.glob("step_*") if (p / "progress.json").is_file()),   # complete ones
                       key=lambda p: int(p.name.split("_")[1]))
         if done:
-            acc.load_state(str(done[-1]))
-            state = json.loads((done[-1] / "progress.json").read_text())
-            sched.load_state_dict(torch.load(done[-1] / "sched.pt", weights_only=True))
+            state = resume_state(acc, sched, done[-1])     # a damaged file: one line, never a silent divergence
             if acc.is_main_process:
                 log(f"resumed from {done[-1]} (epoch {state['epoch']}, step {state['global_step']})")
 
