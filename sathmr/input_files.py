@@ -2,7 +2,7 @@
 
 Folders are walked recursively in sorted order: hidden files and folders are skipped, symlinked folders
 are followed but a link back into its own ancestry (a loop) is reported and skipped, and so is a folder
-that cannot be read. Every file gets a *name*, its path relative to the input without the suffix
+that cannot be read and every entry the system refuses to stat (a link to itself: ELOOP). Every file gets a *name*, its path relative to the input without the suffix
 ("a/x" for ``a/x.jpg``), which output paths mirror, so ``a/x.jpg`` and ``b/x.jpg`` never collide.
 Problems are returned as entries with an error, so a caller can report them and carry on.
 """
@@ -87,14 +87,20 @@ class _Walker:
             if entry.name.startswith("."):
                 continue
             path, sub = Path(entry.path), rel / entry.name
-            if entry.is_dir():
-                self.walk(path, sub)
-            elif Path(entry.name).suffix.lower() in self.suffixes:
-                if entry.is_file():
-                    self.found.append(Found(path, str(sub.with_suffix(""))))
-                else:
-                    self.found.append(Found(path, str(sub), f"not a readable file (broken link?): {path}"))
+            try:
+                self._entry(entry, path, sub)
+            except OSError as exc:            # e.g. a link to itself (ELOOP): this entry only
+                self.found.append(Found(path, str(sub), f"cannot read {path}: {exc.strerror or exc}; skipped"))
         self._chain.pop()
+
+    def _entry(self, entry: os.DirEntry, path: Path, sub: PurePosixPath) -> None:
+        if entry.is_dir():
+            self.walk(path, sub)
+        elif Path(entry.name).suffix.lower() in self.suffixes:
+            if entry.is_file():
+                self.found.append(Found(path, str(sub.with_suffix(""))))
+            else:
+                self.found.append(Found(path, str(sub), f"not a readable file (broken link?): {path}"))
 
 
 def _read_list(list_file: Path) -> tuple[list[Path], list[Found]]:

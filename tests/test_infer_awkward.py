@@ -72,3 +72,18 @@ def test_exif_rotated_photo_gives_the_same_people(tmp_path, embedded):
     for p in a:     # each is found in the turned file too, in the same place, with the same score
         assert min(np.abs(np.subtract(p["box_xyxy"], q["box_xyxy"])).max() + 100 * abs(p["score"] - q["score"])
                    for q in turned["people"]) < 4.0
+
+
+def test_self_referential_symlinks_are_listed_and_the_run_goes_on(tmp_path, embedded):
+    """Issue #25, row 4: `self -> self` (ELOOP on stat) in an input folder used to abort the run."""
+    src = tmp_path / "in"
+    write(src / "a.png", smooth_image(60, 80))
+    write(src / "z" / "b.png", smooth_image(60, 80))
+    (src / "self").symlink_to("self")
+    (src / "loop.jpg").symlink_to("loop.jpg")
+    res = infer("-i", src, "-o", tmp_path / "out", "--no-overlay")
+    assert res.exit_code == 0, res.output
+    assert "processed 2 image(s)" in res.output and "Traceback" not in res.output
+    failed = [line for line in res.output.splitlines() if line.startswith("  failed: ")]
+    assert len(failed) == 2 and all("Too many levels of symbolic links" in line for line in failed), failed
+    assert (tmp_path / "out" / "thresh_0.3" / "z" / "b.json").is_file()
