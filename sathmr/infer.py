@@ -175,7 +175,8 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
     frame_plan = replace(plan, overlay=plan.overlay and video.per_frame)
     per_frame = video.per_frame or plan.mesh or plan.smpl or plan.raw
     videos = VideoOutputs(plan, plan.thresholds, predictor, video, plan.overlay, fail,
-                          (lambda res, src, ids: write_result(frame_plan, res, src, predictor, ids)) if per_frame else None)
+                          (lambda res, src, ids: write_result(frame_plan, res, src, predictor, ids)) if per_frame else None,
+                          say=bar.write)
 
     def consume(ev, res: ImageResult | None) -> None:
         if res is not None:

@@ -244,3 +244,71 @@ def test_ctrl_c_ends_cleanly_with_a_playable_video(tmp_path, smpl_tiny):
     assert tracks["complete"] is False and 0 < tracks["num_frames"] < 120
     assert frame_count(tdir / "long.mp4")[0] == tracks["num_frames"]
     assert not list(tdir.glob(".*.tmp*"))
+
+
+def mp4(path: Path, frames, fps: float = FPS, zero_timescale: bool = False) -> Path:
+    """An mp4 (mp4v) at ``fps``; ``zero_timescale``: its media header (mdhd) says timescale 0, which
+    OpenCV reads as 0.00098 fps (and FFmpeg decodes only part of)."""
+    h, w = frames[0].shape[:2]
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        wr.write(f)
+    wr.release()
+    if zero_timescale:
+        data = bytearray(path.read_bytes())
+        i = data.find(b"mdhd")
+        at = i + (16 if data[i + 4] == 0 else 24)          # version 0: 32-bit times; 1: 64-bit
+        data[at:at + 4] = bytes(4)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_video_without_a_usable_frame_rate_gets_the_default_said_once(tmp_path, smpl_tiny, embedded):
+    """Issue #25, row 3: fps < 1 used to reach the overlay writer, which refused 0.00098 fps and aborted the run."""
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = [cv2.resize(f, (112, 84)) for f in pan_frames(smpl_tiny, 12)]
+    mp4(src / "a_slow.mp4", frames[:4], fps=0.5)
+    mp4(src / "b_broken.mp4", frames, zero_timescale=True)
+    assert 0 < cv2.VideoCapture(str(src / "b_broken.mp4")).get(cv2.CAP_PROP_FPS) < 0.001
+    cv2.imwrite(str(src / "z_later.png"), frames[0])
+    out = tmp_path / "out"
+    res = run(["-i", str(src), "-o", str(out), "--no-smooth"])
+    assert res.exit_code == 0, res.output
+    said = [line for line in res.output.splitlines() if "unknown or unusable; timing assumes 30 fps" in line]
+    assert len(said) == 2 and "a_slow.mp4" in said[0] and "(0.5 fps)" in said[0] and "b_broken.mp4" in said[1], res.output
+    assert "processed 1 image(s)" in res.output and (out / "thresh_0.3" / "z_later.json").is_file()
+    assert frame_count(out / "thresh_0.3" / "a_slow.mp4") == (4, 30)
+    for name in ("a_slow", "b_broken"):
+        assert json.loads((out / "thresh_0.3" / f"{name}_tracks.json").read_text())["fps"] == 30
+    assert (out / "thresh_0.3" / "b_broken.mp4").is_file()
+
+
+def test_an_overlay_writer_that_cannot_open_fails_that_video_only(tmp_path, smpl_tiny, embedded, monkeypatch):
+    """Issue #25, row 3: a writer that cannot open is one failure in the summary; the run goes on."""
+    import sathmr.video.mp4 as mp4
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = [cv2.resize(f, (112, 84)) for f in pan_frames(smpl_tiny, 3)]
+    write_avi(src / "a.avi", frames)
+    write_avi(src / "b.avi", frames)
+    cv2.imwrite(str(src / "c.png"), frames[0])
+
+    class Refusing:
+        def __init__(self, *a):
+            pass
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+    monkeypatch.setattr(mp4.cv2, "VideoWriter", Refusing)
+    out = tmp_path / "out"
+    res = run(["-i", str(src), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    failed = [line for line in res.output.splitlines() if line.startswith("  failed: ")]
+    assert len(failed) == 2 and all("cannot write the video" in line for line in failed), res.output
+    assert "processed 1 image(s)" in res.output and (out / "thresh_0.3" / "c.json").is_file()
+    assert not list((out / "thresh_0.3").glob("*.mp4")) and not list((out / "thresh_0.3").glob(".*"))
+    assert not list((out / "thresh_0.3").glob("*_tracks.json"))       # a later run redoes them

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sathmr.errors import SathmrError
 from sathmr.pipeline import Failed, Skipped, Work
@@ -24,6 +24,8 @@ class VideoStart:
     src: VideoSource
     name: str                # output stem (a fresh one for live captures)
     fps: float
+    fps_note: str | None = None     # the source's own frame rate was unusable (said once)
+    cancelled: threading.Event = field(default_factory=threading.Event)   # its outputs failed: stop reading
 
 
 @dataclass
@@ -62,11 +64,13 @@ def video_events(src: VideoSource, prepare: Callable[..., Prepared], dirs: Thres
         yield Failed(src.source, str(exc))
         return
     name = src.name if src.resumable or overwrite else fresh_name(dirs, thresholds, src.name)
-    start = VideoStart(src, name, reader.fps)
+    start = VideoStart(src, name, reader.fps, reader.fps_note)
     yield start
     note = None
     try:
         for frame in reader.frames(opts.limits, stop):
+            if start.cancelled.is_set():
+                break
             if frame.error is None:
                 try:
                     work = Work(FrameJob(start, frame), prepare(frame.image), f"{name}_{frame.index:06d}")
@@ -82,20 +86,49 @@ def video_events(src: VideoSource, prepare: Callable[..., Prepared], dirs: Thres
 
 
 class VideoOutputs:
-    """Writer side: routes video events to one :class:`VideoSink` per open video."""
+    """Writer side: routes video events to one :class:`VideoSink` per open video.
+
+    ``report`` lists a failure in the run's summary; ``say`` tells something once (an assumed frame rate).
+    A video whose outputs cannot be written (the overlay writer does not open) is one failure: its partial
+    files are dropped, its reader stops, and the run goes on with the next input.
+    """
 
     def __init__(self, dirs: ThresholdDirs, thresholds: Sequence[float], predictor, opts: VideoOptions,
                  overlay: bool, report: Callable[[str], None],
-                 per_frame: Callable[[ImageResult, str, dict[float, list[int]]], None] | None = None):
+                 per_frame: Callable[[ImageResult, str, dict[float, list[int]]], None] | None = None,
+                 say: Callable[[str], None] | None = None):
         self.dirs, self.thresholds, self.predictor, self.opts = dirs, thresholds, predictor, opts
-        self.overlay, self.report, self.per_frame = overlay, report, per_frame
+        self.overlay, self.report, self.per_frame, self.say = overlay, report, per_frame, say or report
         self.udp = UdpPublisher(opts.stream) if opts.stream else None
         self.sinks: dict[int, VideoSink] = {}      # id(VideoStart) → its sink
+        self.failed: set[int] = set()              # id(VideoStart) of videos whose outputs failed
         self.videos = self.frames = 0
 
     def handle(self, ev, res: ImageResult | None) -> bool:
         """Consume ``ev`` if it is a video's; returns whether it was."""
+        if not isinstance(ev, (VideoStart, FrameJob, FrameFailed, VideoEnd)):
+            return False
+        video = ev if isinstance(ev, VideoStart) else ev.video
+        if id(video) in self.failed:
+            if isinstance(ev, VideoEnd):
+                self.failed.discard(id(video))
+            return True
+        try:
+            self._handle(ev, res)
+        except SathmrError as exc:            # this video's outputs only; a bug keeps its traceback
+            sink = self.sinks.pop(id(video), None)
+            if sink is not None:
+                sink.abort()
+            video.cancelled.set()
+            if not isinstance(ev, VideoEnd):
+                self.failed.add(id(video))
+            self.report(f"{video.src.source}: {exc}")
+        return True
+
+    def _handle(self, ev, res: ImageResult | None) -> None:
         if isinstance(ev, VideoStart):
+            if ev.fps_note:
+                self.say(ev.fps_note)
             self.sinks[id(ev)] = VideoSink(ev.src, ev.name, ev.fps, self.dirs, self.thresholds, self.predictor,
                                            self.opts, self.overlay, self.udp, self.per_frame)
         elif isinstance(ev, FrameJob):
@@ -110,9 +143,6 @@ class VideoOutputs:
             self.videos += 1
             if ev.note:
                 self.report(ev.note)
-        else:
-            return False
-        return True
 
     def close(self) -> None:
         """After the run: videos still open (an error broke the run) are finished as incomplete."""

@@ -35,7 +35,8 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "srt", "tcp")
 MAX_BAD_RUN = 16          # failed reads in a row after which a file counts as ended
 STREAM_PATIENCE_S = 2.0   # a stream without frames for this long has ended
 LIVE_BUFFER = 2           # frames a live source keeps ahead of the network (older ones are dropped)
-DEFAULT_FPS = 30.0        # when the source does not say (many webcams)
+DEFAULT_FPS = 30.0        # when the source does not say (many webcams), or says less than MIN_FPS
+MIN_FPS = 1.0
 
 
 @dataclass
@@ -109,7 +110,11 @@ class FrameReader:
             what = {"file": "video", "webcam": "webcam", "stream": "stream"}[src.kind]
             raise SathmrError(f"cannot open {what}: {src.source}")
         fps = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if np.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+        usable = bool(np.isfinite(fps)) and MIN_FPS <= fps < 1000
+        self.fps = float(fps) if usable else DEFAULT_FPS
+        # said once per video by the caller: below 1 fps is a broken header (mdhd timescale 0 reads 0.00098)
+        self.fps_note = None if usable else (f"{src.source}: the frame rate it declares ({fps:g} fps) is unknown or "
+                                             f"unusable; timing assumes {DEFAULT_FPS:g} fps")
         n = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.announced = int(n) if src.kind != "webcam" and np.isfinite(n) and n > 0 else None
         self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
