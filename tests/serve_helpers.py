@@ -21,6 +21,7 @@ pytest.importorskip("multipart", reason="sathmr serve needs the serve extra (pip
 
 from sathmr.serve.app import create_app  # noqa: E402
 from sathmr.serve.client import Client, wait_ready  # noqa: E402
+from sathmr.serve.limits import uvicorn_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ class LiveServer:
     def __init__(self, service):
         self.service, self.port = service, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=self.port,
+        self.server = uvicorn.Server(uvicorn_config(create_app(service), service.config.limits, "127.0.0.1", self.port,
                                                     log_level="warning", timeout_graceful_shutdown=30))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

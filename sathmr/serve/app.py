@@ -6,7 +6,8 @@
 
 Every refusal is a 4xx with a one-line JSON body ``{"error": "..."}``; a bug is a 500 in the same form,
 with its traceback in the server log. Bodies over the limit are refused from ``Content-Length`` before
-they are read, and counted while they stream in otherwise. The network work happens on the batcher's
+they are read, and counted while they stream in otherwise; a body that stalls or trickles gets 408, a
+client that hangs up mid-upload is counted as ``client_disconnect`` (limits: ``sathmr.serve.limits``). The network work happens on the batcher's
 thread, decoding and answer building in worker threads: the event loop only moves bytes.
 
 This module imports FastAPI at call time (``create_app``), so its annotations are real objects and
@@ -64,14 +65,25 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), (b"x-sathmr-worker", self.worker)]}
             await send(message)
 
-        received = [0]
+        received, body = [0], {"done": False, "since": None}
+        limits = self.service.config.limits
 
         async def receive_limited():
-            message = await receive()
+            if body["done"]:                  # after the body: only the disconnect a response may listen for
+                return await receive()
+            now = time.monotonic()
+            body["since"] = body["since"] or now
+            left = min(limits.body_idle_s, body["since"] + limits.body_total_s - now)
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except asyncio.TimeoutError:      # a trickling or stalled client holds a connection: let it go
+                raise HTTPError(408, f"request body not received in time (idle over {limits.body_idle_s:g} s or "
+                                f"over {limits.body_total_s:g} s in all)", "timeout") from None
             if message["type"] == "http.request":
                 received[0] += len(message.get("body", b""))
                 if received[0] > limit:
                     raise too_large(limit)
+                body["done"] = not message.get("more_body", False)
             return message
 
         route = scope["path"] if scope["path"] in ROUTES or scope["path"].startswith("/static/") else "other"
@@ -92,7 +104,8 @@ def too_large(limit: int) -> HTTPError:
 
 def error_response(status: int, message: str):
     from starlette.responses import JSONResponse
-    return JSONResponse({"error": one_line(message)}, status_code=status)
+    close = {"Connection": "close"} if status in (408, 499) else None    # the body was not read to its end
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=close)
 
 
 def create_app(service: InferenceService):
@@ -102,6 +115,7 @@ def create_app(service: InferenceService):
     from fastapi.exceptions import RequestValidationError
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.staticfiles import StaticFiles
 
@@ -151,6 +165,12 @@ def create_app(service: InferenceService):
         return refuse(500, f"internal error: {type(exc).__name__}: {exc}", "internal")
 
     async def read_upload(request) -> tuple[bytes, str]:
+        try:
+            return await read_body(request)
+        except ClientDisconnect:      # the client hung up mid-upload: counted, no traceback, nobody to answer
+            raise HTTPError(499, "the client disconnected before its upload was complete", "client_disconnect") from None
+
+    async def read_body(request) -> tuple[bytes, str]:
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype.startswith("image/"):
             return await request.body(), "upload"

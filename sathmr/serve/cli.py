@@ -6,9 +6,9 @@ import click
 
 from sathmr.formats import model_options as shared_model_options
 from sathmr.optional import require
-from sathmr.preprocess import DEFAULT_MAX_PIXELS
 from sathmr.serve.app import create_app
 from sathmr.serve.batcher import BatchPolicy
+from sathmr.serve.limits import SERVE_MAX_PIXELS, ServeLimits, uvicorn_config
 from sathmr.serve.ray_app import serve_with_ray
 from sathmr.serve.service import DEFAULT_MAX_BODY_BYTES, InferenceService, ModelSpec, ServeConfig
 from sathmr.serve.viewer import default_viewer_dir, find_viewer, install_viewer
@@ -46,8 +46,14 @@ def model_spec(backend, checkpoint, model_path, config, smpl_dir, device, thread
               help="Requests waiting beyond this are refused with 503.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_BODY_BYTES / 2 ** 20,
               show_default=True, help="Largest request body (MiB); larger ones get 413.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=SERVE_MAX_PIXELS, show_default=True,
               help="Refuse images with more pixels than this (read from the header, before decoding).")
+@click.option("--max-decodes", type=click.IntRange(min=1), default=ServeLimits.max_decodes, show_default=True,
+              help="Images decoded at once; a few more wait, the rest get 503.")
+@click.option("--decode-memory-mb", type=click.IntRange(min=1), default=ServeLimits.decode_memory_bytes // 2 ** 20,
+              show_default=True, help="Memory the decodes running at once may take together (estimated from the headers).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=ServeLimits.max_connections, show_default=True,
+              help="Connections and requests at once (uvicorn's limit_concurrency); more get 503.")
 @click.option("--viewer-dir", type=click.Path(file_okay=False), default=None,
               help="node_modules holding @google/model-viewer (default: SATHMR_VIEWER_DIR or the sathmr cache).")
 @click.option("--install-viewer", "install_viewer_", is_flag=True, help="npm-install the page's 3D viewer first if it is missing.")
@@ -58,12 +64,14 @@ def model_spec(backend, checkpoint, model_path, config, smpl_dir, device, thread
               help="Seconds SIGTERM waits for requests in flight before cancelling them.")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
 def serve_command(backend, checkpoint, model_path, config, smpl_dir, device, threads, host, port, threshold,
-                  max_batch_size, max_queue_delay_ms, max_queue, max_body_mb, max_pixels, viewer_dir, install_viewer_,
-                  ray_replicas, ray_address, graceful_timeout, access_log):
+                  max_batch_size, max_queue_delay_ms, max_queue, max_body_mb, max_pixels, max_decodes, decode_memory_mb,
+                  max_connections, viewer_dir, install_viewer_, ray_replicas, ray_address, graceful_timeout, access_log):
     """Serve the model over HTTP: POST /v1/infer, GET /v1/models, /healthz, /metrics, and a page at /."""
     spec = model_spec(backend, checkpoint, model_path, config, smpl_dir, device, threads)
+    limits = ServeLimits(max_decodes=max_decodes, decode_memory_bytes=decode_memory_mb * 2 ** 20,
+                         max_connections=max_connections)
     cfg = ServeConfig(threshold, int(max_body_mb * 2 ** 20), max_pixels,
-                      BatchPolicy(max_batch_size, max_queue_delay_ms, max_queue), viewer_dir)
+                      BatchPolicy(max_batch_size, max_queue_delay_ms, max_queue), viewer_dir, limits)
     if install_viewer_ and find_viewer(viewer_dir) is None:
         click.echo(f"viewer installed: {install_viewer(viewer_dir)}", err=True)
     if ray_replicas:
@@ -75,7 +83,7 @@ def serve_command(backend, checkpoint, model_path, config, smpl_dir, device, thr
     service = InferenceService.load(spec, cfg)
     click.echo(service.info.get("note") or f"model: {service.info.get('path')}", err=True)
     check_viewer(viewer_dir)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host=host, port=port, access_log=access_log,
+    server = uvicorn.Server(uvicorn_config(create_app(service), limits, host, port, access_log=access_log,
                                            timeout_graceful_shutdown=graceful_timeout, log_level="info"))
     server.run()
 

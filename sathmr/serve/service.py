@@ -22,9 +22,10 @@ from sathmr.errors import SathmrError
 from sathmr.io import encode_png
 from sathmr.meshes import mesh_file_bytes
 from sathmr.postprocess import ImageResult, image_json
-from sathmr.preprocess import DEFAULT_MAX_PIXELS, Prepared, decode_image
+from sathmr.preprocess import Prepared, decode_image, header_size
 from sathmr.render import result_mosaic
 from sathmr.serve.batcher import BatchPolicy, DynamicBatcher
+from sathmr.serve.limits import SERVE_MAX_PIXELS, DecodeGate, ServeLimits
 from sathmr.serve.metrics import Metrics
 
 DEFAULT_MAX_BODY_BYTES = 32 * 2 ** 20
@@ -52,9 +53,10 @@ class ModelSpec:
 class ServeConfig:
     threshold: float = 0.3                        # when a request names none
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies: 413
-    max_pixels: int = DEFAULT_MAX_PIXELS          # larger images (from the header): 400
+    max_pixels: int = SERVE_MAX_PIXELS            # larger images (from the header): 400
     batch: BatchPolicy = field(default_factory=BatchPolicy)
     viewer_dir: str | None = None                 # node_modules holding @google/model-viewer (serve/viewer.py)
+    limits: ServeLimits = field(default_factory=ServeLimits)   # decodes, connections, timeouts (serve/limits.py)
 
     def __post_init__(self):
         check_threshold(self.threshold)
@@ -89,6 +91,7 @@ class InferenceService:
         self.metrics = Metrics(config.batch.max_batch_size)
         self.batcher: DynamicBatcher[Job, ImageResult] = DynamicBatcher(self._run, config.batch,
                                                                          self.metrics.observe_batch)
+        self.decodes = DecodeGate(config.limits)
 
     @classmethod
     def load(cls, spec: ModelSpec, config: ServeConfig = ServeConfig()) -> InferenceService:
@@ -104,8 +107,16 @@ class InferenceService:
 
     # -------------------------------------------------------------------------------- per request
     def prepare(self, data: bytes, source: str) -> Prepared:
-        """Encoded image → network input; a bad upload raises SathmrError (HTTP 400)."""
-        return self.predictor.prepare(decode_image(data, source, self.config.max_pixels))
+        """Encoded image → network input; a bad upload raises SathmrError (HTTP 400), no decode slot Busy (503).
+
+        Images over the pixel limit are refused from the header before they queue for a decode slot;
+        one whose header PIL cannot read is costed at the limit."""
+        size = header_size(data)
+        pixels = size[0] * size[1] if size is not None else self.config.max_pixels
+        if pixels > self.config.max_pixels:
+            decode_image(data, source, self.config.max_pixels)      # raises the one-line refusal
+        with self.decodes.admit(pixels):
+            return self.predictor.prepare(decode_image(data, source, self.config.max_pixels))
 
     def submit(self, prepared: Prepared, threshold: float, name: str) -> Future:
         fut = self.batcher.submit(Job(prepared, threshold, name))
