@@ -6,6 +6,7 @@ Shared by inference, evaluation and training so that every path sees the same pi
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,16 +69,22 @@ def decode_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS)
 
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding pixels (PIL's lazy open); None when PIL
-    cannot tell (OpenCV then decides whether the file is an image)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None       # our own limit applies, with a message that names it
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except (OSError, ValueError, EOFError):
-        return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    cannot tell (OpenCV then decides whether the file is an image). Thread-safe: PIL's limit is a
+    global, lifted under a lock (two threads lifting and restoring it in turn left one with PIL's own
+    limit, and a DecompressionBombError where our one-line refusal belongs)."""
+    with _PIL_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None       # our own limit applies, with a message that names it
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+        except (OSError, ValueError, EOFError):
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+_PIL_LIMIT = threading.Lock()
 
 
 def jpeg_is_complete(data: bytes) -> bool:

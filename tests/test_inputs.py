@@ -185,3 +185,25 @@ def test_jpeg_completeness_check():
         assert jpeg_is_complete(data)
         assert jpeg_is_complete(data + b"\x00\x00\x00\x18ftypmp42\xff\xda\xff")   # motion photo: video after EOI
         assert not any(jpeg_is_complete(data[:k]) for k in (len(data) - 2, len(data) - 1, len(data) // 3, 20))
+
+
+def test_header_size_is_thread_safe_for_images_over_pils_own_limit():
+    """Issue #25 benchmark: concurrent uploads over PIL's 179 MP bomb limit raised DecompressionBombError
+    (a 500 in serve) when one thread restored PIL's limit while another was reading its header."""
+    import io
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sathmr.preprocess import header_size
+    buf = io.BytesIO()
+    Image.new("1", (15000, 15000)).save(buf, "PNG")
+    data = buf.getvalue()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)                      # threads interleave inside PIL's open, as under load
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            sizes = list(pool.map(lambda _: header_size(data), range(1200)))
+    finally:
+        sys.setswitchinterval(switch)
+    assert sizes == [(15000, 15000)] * 1200
+    assert Image.MAX_IMAGE_PIXELS is not None        # PIL's own limit is back for everyone else
