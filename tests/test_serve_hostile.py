@@ -145,12 +145,21 @@ def test_decodes_beyond_the_queue_get_503(live, service):
         busy = live.client().infer(small_png(), "image/png")
         assert busy.status == 503 and "too many images are being decoded" in busy.json()["error"]
         assert live.client().get("/healthz").status == 200
+        time.sleep(1.5 * LIMITS.header_timeout_s)       # a request in progress outlives the header deadline
     finally:
         release.set()
         holder.join(10)
         first.join(30)
     assert waiting["reply"].status == 200
     assert errors_counted(live, "busy") >= 1
+
+
+def test_pipelined_requests_on_one_connection_are_answered(live):
+    s = raw(live)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    got = closed_by_server(s, 5)
+    s.close()
+    assert got is not None and got.count(b"HTTP/1.1 200") == 3, got
 
 
 # ------------------------------------------------------------------------------------------ connections

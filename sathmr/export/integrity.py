@@ -19,6 +19,7 @@ This module imports nothing of ``sathmr.export``: ``meta`` calls into it, with p
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def _read_header(path: str, mtime_ns: int, size: int) -> OnnxHeader:   # the key
         proto = onnx.load(path, load_external_data=False)
     except DecodeError as exc:
         raise SathmrError(f"cannot read ONNX model {path}: not an ONNX file, or truncated ({exc})") from None
-    check_external_data(proto.graph, Path(path))
+    check_external_data(proto, Path(path))
     inputs = {}
     for i in proto.graph.input:
         t = i.type.tensor_type
@@ -69,18 +70,22 @@ def _read_header(path: str, mtime_ns: int, size: int) -> OnnxHeader:   # the key
 
 
 # ------------------------------------------------------------------------------------ external data
-def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Every tensor a graph stores: initializers, sparse ones, constants in attributes, subgraphs'."""
-    yield from graph.initializer
-    for s in graph.sparse_initializer:
-        yield from (s.values, s.indices)
-    for node in graph.node:
+def _node_tensors(nodes) -> Iterator[TensorProto]:
+    for node in nodes:
         for a in node.attribute:
             if a.HasField("t"):
                 yield a.t
             yield from a.tensors
             for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 yield from _tensors(g)
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """Every tensor a graph stores: initializers, sparse ones, constants in attributes, subgraphs'."""
+    yield from graph.initializer
+    for s in graph.sparse_initializer:
+        yield from (s.values, s.indices)
+    yield from _node_tensors(graph.node)
 
 
 def outside_reason(location: str, folder: Path) -> str | None:
@@ -101,8 +106,10 @@ def outside_reason(location: str, folder: Path) -> str | None:
     return None
 
 
-def check_external_data(graph: onnx.GraphProto, path: Path) -> None:
-    for t in _tensors(graph):
+def check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse any tensor of ``model`` (graph, subgraphs, functions) kept in a file outside its folder."""
+    tensors = itertools.chain(_tensors(model.graph), *(_node_tensors(f.node) for f in model.functions))
+    for t in tensors:
         if t.data_location != TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in t.external_data if e.key == "location"), "")

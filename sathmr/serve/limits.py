@@ -105,8 +105,8 @@ def request_deadline_protocol(base: type, header_timeout_s: float) -> type:
             self._sathmr_arm()
 
         def on_response_complete(self, *args, **kwargs):
+            self._sathmr_arm()                      # first: a pipelined request the base starts counts as started
             super().on_response_complete(*args, **kwargs)
-            self._sathmr_arm()
 
         def connection_lost(self, exc):
             timer = getattr(self, "_sathmr_timer", None)
