@@ -123,7 +123,8 @@ def test_metadata_that_disagrees_with_the_graphs_is_refused_at_load(tiny_export,
              ({"max_batch": '"x"'}, "max_batch = 'x' is not a positive integer"),
              ({"max_batch": "true"}, "max_batch = True"),
              ({"thresholds": '["high"]'}, "thresholds"),
-             ({"batch": "1.5"}, "batch = 1.5")]
+             ({"batch": "1.5"}, "batch = 1.5"),
+             ({"canvas_hw": "[448, 448, 3]"}, "canvas_hw = \\[448, 448, 3\\] is not \\[height, width\\]")]
     for i, (props, match) in enumerate(cases):
         d = edit_props(src, tmp_path / f"e{i}", **props)
         with pytest.raises(SathmrError, match=match):

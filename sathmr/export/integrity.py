@@ -132,6 +132,9 @@ def check_meta_values(batch, max_batch, canvas_hw, budget, thresholds, source: s
     """Refuse metadata values of the wrong type or sign (they would fail far from here, or not at all)."""
     _positive_int(batch, "batch", source, none_ok=True)
     _positive_int(max_batch, "max_batch", source)
+    if canvas_hw is not None and len(canvas_hw) != 2:
+        raise SathmrError(f"{source} has damaged sathmr metadata: canvas_hw = {list(canvas_hw)!r} is not "
+                          "[height, width]; re-export it")
     for side in canvas_hw or ():
         _positive_int(side, "canvas_hw", source)
     if budget is not None:
