@@ -55,16 +55,20 @@ def decode_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     """
     if not data:
         raise SathmrError(f"empty file (0 bytes): {source}")
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise SathmrError(f"image of {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over the limit of "
-                          f"{max_pixels:,} (--max-pixels): {source}")
+    check_pixels(header_size(data), max_pixels, source)
     if data[:2] == JPEG_SOI and not jpeg_is_complete(data):
         raise SathmrError(f"truncated JPEG (the file ends before its image data does): {source}")
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise SathmrError(f"cannot decode image (not an image, corrupt or unsupported): {source}")
     return img
+
+
+def check_pixels(size: tuple[int, int] | None, max_pixels: int, source: str) -> None:
+    """Refuse an image whose header (``size``: width, height) says it is over ``max_pixels``."""
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise SathmrError(f"image of {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over the limit of "
+                          f"{max_pixels:,} (--max-pixels): {source}")
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

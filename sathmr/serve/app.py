@@ -7,8 +7,9 @@
 Every refusal is a 4xx with a one-line JSON body ``{"error": "..."}``; a bug is a 500 in the same form,
 with its traceback in the server log. Bodies over the limit are refused from ``Content-Length`` before
 they are read, and counted while they stream in otherwise; a body that stalls or trickles gets 408, a
-client that hangs up mid-upload is counted as ``client_disconnect`` (limits: ``sathmr.serve.limits``). The network work happens on the batcher's
-thread, decoding and answer building in worker threads: the event loop only moves bytes.
+client that hangs up mid-upload is counted as ``client_disconnect`` (limits: ``sathmr.serve.limits``).
+The network work happens on the batcher's thread, decoding and answer building in worker threads: the
+event loop only moves bytes.
 
 This module imports FastAPI at call time (``create_app``), so its annotations are real objects and
 it has no ``from __future__ import annotations``: FastAPI reads route signatures at run time.

@@ -22,7 +22,7 @@ from sathmr.errors import SathmrError
 from sathmr.io import encode_png
 from sathmr.meshes import mesh_file_bytes
 from sathmr.postprocess import ImageResult, image_json
-from sathmr.preprocess import Prepared, decode_image, header_size
+from sathmr.preprocess import Prepared, check_pixels, decode_image, header_size
 from sathmr.render import result_mosaic
 from sathmr.serve.batcher import BatchPolicy, DynamicBatcher
 from sathmr.serve.limits import SERVE_MAX_PIXELS, DecodeGate, ServeLimits
@@ -112,10 +112,8 @@ class InferenceService:
         Images over the pixel limit are refused from the header before they queue for a decode slot;
         one whose header PIL cannot read is costed at the limit."""
         size = header_size(data)
-        pixels = size[0] * size[1] if size is not None else self.config.max_pixels
-        if pixels > self.config.max_pixels:
-            decode_image(data, source, self.config.max_pixels)      # raises the one-line refusal
-        with self.decodes.admit(pixels):
+        check_pixels(size, self.config.max_pixels, source)
+        with self.decodes.admit(size[0] * size[1] if size is not None else self.config.max_pixels):
             return self.predictor.prepare(decode_image(data, source, self.config.max_pixels))
 
     def submit(self, prepared: Prepared, threshold: float, name: str) -> Future:
