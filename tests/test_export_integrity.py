@@ -132,3 +132,13 @@ def test_metadata_that_disagrees_with_the_graphs_is_refused_at_load(tiny_export,
     assert not no_runtime
     r = CliRunner().invoke(main, ["infer", "--model", str(tmp_path / "e0"), "-i", str(tmp_path), "-o", str(tmp_path / "o")])
     assert r.exit_code != 0 and "error:" in r.output and "position table" in r.output and "Traceback" not in r.output
+
+
+def test_a_side_file_swapped_for_a_symlink_after_a_first_read_is_refused(tiny_export, tmp_path):
+    d = external_copy(tiny_export.path, tmp_path / "swap", "w.bin")
+    read_artifact(d)                                            # fine, and its header is cached
+    secret = tmp_path / "secret.bin"
+    (d / "w.bin").rename(secret)
+    os.symlink(secret, d / "w.bin")
+    with pytest.raises(SathmrError, match="'w.bin', a symlink"):
+        read_artifact(d)

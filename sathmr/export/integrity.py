@@ -45,12 +45,16 @@ class OnnxHeader:
     props: dict[str, str]
     inputs: dict[str, tuple[int, tuple[int | str, ...]]]    # name → (element type, dims: int or dim_param)
     pos_table: tuple[int, ...] | None
+    external: tuple[tuple[str, str], ...]                   # (tensor, location) of data kept in side files
 
 
 def read_header(path: Path) -> OnnxHeader:
-    """Parse ``path`` once (no external data loaded) and refuse side files outside its folder."""
+    """Parse ``path`` (once per file version, no external data loaded) and refuse side files outside its
+    folder; the side files are checked on every call (one may have become a symlink since)."""
     st = path.stat()
-    return _read_header(str(path), st.st_mtime_ns, st.st_size)
+    header = _read_header(str(path), st.st_mtime_ns, st.st_size)
+    check_external_data(header.external, path)
+    return header
 
 
 @functools.lru_cache(maxsize=8)
@@ -59,14 +63,13 @@ def _read_header(path: str, mtime_ns: int, size: int) -> OnnxHeader:   # the key
         proto = onnx.load(path, load_external_data=False)
     except DecodeError as exc:
         raise SathmrError(f"cannot read ONNX model {path}: not an ONNX file, or truncated ({exc})") from None
-    check_external_data(proto, Path(path))
     inputs = {}
     for i in proto.graph.input:
         t = i.type.tensor_type
         inputs[i.name] = (t.elem_type, tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
                                              for d in t.shape.dim))
     pos = next((tuple(t.dims) for t in proto.graph.initializer if t.name == POS_TABLE), None)
-    return OnnxHeader({p.key: p.value for p in proto.metadata_props}, inputs, pos)
+    return OnnxHeader({p.key: p.value for p in proto.metadata_props}, inputs, pos, external_locations(proto))
 
 
 # ------------------------------------------------------------------------------------ external data
@@ -106,16 +109,18 @@ def outside_reason(location: str, folder: Path) -> str | None:
     return None
 
 
-def check_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse any tensor of ``model`` (graph, subgraphs, functions) kept in a file outside its folder."""
+def external_locations(model: onnx.ModelProto) -> tuple[tuple[str, str], ...]:
+    """(tensor, location) of every tensor of ``model`` (graph, subgraphs, functions) kept in a side file."""
     tensors = itertools.chain(_tensors(model.graph), *(_node_tensors(f.node) for f in model.functions))
-    for t in tensors:
-        if t.data_location != TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in t.external_data if e.key == "location"), "")
+    return tuple((t.name, next((e.value for e in t.external_data if e.key == "location"), ""))
+                 for t in tensors if t.data_location == TensorProto.EXTERNAL)
+
+
+def check_external_data(external: tuple[tuple[str, str], ...], path: Path) -> None:
+    for name, location in external:
         reason = outside_reason(location, path.parent)
         if reason:
-            raise SathmrError(f"{path}: tensor {t.name!r} keeps its data in {location!r}, {reason}; refusing to "
+            raise SathmrError(f"{path}: tensor {name!r} keeps its data in {location!r}, {reason}; refusing to "
                               "read outside the export folder (re-export the model)")
 
 
