@@ -144,7 +144,7 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
 @click.option("--agora-submission", "submission_path", type=click.Path(dir_okay=False),
               help="Also write the AGORA test submission zip (the original's test_agora layout) of the kept people, "
-                   "e.g. with --dataset agora:test --checkpoint sat_644_agora.")
+                   "e.g. with --dataset agora:test --model sat_644_agora.")
 def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path, submission_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes

@@ -231,19 +231,21 @@ def evaluate(predictor: Predictor, dataset, threshold: float = 0.5, protocol: st
     mine = group.indices(n)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
                                          collate_fn=collate)
-    scored: list[tuple[int, EvalSums, dict | None]] = []
+    scored: list[tuple[int, EvalSums]] = []
+    kept: list[tuple[int, dict]] = []
     for imgs, targets in tqdm(loader, desc="eval", disable=not progress):
         dec = predictor.run_batch(eval_items(imgs, targets), [t["img_path"] for t in targets]).decoded
         for i, t in enumerate(targets):
             keep = dec["pred_confs"][i, :, 0] > threshold
             pred = {k: dec[f"pred_{k}"][i, keep] for k in ("j2ds", "j3ds", "verts", "transl")}
             gt = {k: t[k].numpy() for k in ("j2ds", "j3ds", "verts", "transl", "kid") if k in t}
-            people = None if submission is None else {
-                "img_name": Path(t["img_path"]).name, "j2ds": pred["j2ds"],
-                "poses": dec["pred_poses"][i, keep], "betas": dec["pred_betas"][i, keep]}
-            scored.append((mine[len(scored)], acc.score_image(pred, gt)[0], people))
-    for _, sums, people in sorted((s for part in group.gather(scored) for s in part), key=lambda s: s[0]):
+            index = mine[len(scored)]
+            scored.append((index, acc.score_image(pred, gt)[0]))
+            if submission is not None:
+                kept.append((index, {"img_name": Path(t["img_path"]).name, "j2ds": pred["j2ds"],
+                                     "poses": dec["pred_poses"][i, keep], "betas": dec["pred_betas"][i, keep]}))
+    for _, sums in sorted((s for part in group.gather(scored) for s in part), key=lambda s: s[0]):
         acc.sums.merge(sums)
-        if submission is not None:
-            submission.append(people)
+    if submission is not None:
+        submission.extend(p for _, p in sorted((s for part in group.gather(kept) for s in part), key=lambda s: s[0]))
     return acc.result()

@@ -294,18 +294,10 @@ def portable_pickle(obj) -> bytes:
 
     NumPy 2 names its array constructor ``numpy._core.multiarray._reconstruct``, which numpy < 1.26
     cannot import; ``numpy.core.multiarray._reconstruct`` (what the original's pickles name) loads under
-    both. Protocol 3 writes that name as plain text (GLOBAL), so it is renamed in place; when the count
-    of arrays does not match the count of names, the pickle is left as it is.
+    both. Protocol 3 writes that name once, as plain text (GLOBAL; later arrays refer to the memo), before
+    the first array's data, so its first occurrence is the opcode and is renamed in place.
     """
-    data = pickle.dumps(obj, protocol=3)
-    arrays = _count_arrays(obj)
-    return data.replace(_NUMPY2_ARRAY, _NUMPY1_ARRAY) if data.count(_NUMPY2_ARRAY) == arrays else data
-
-
-def _count_arrays(obj) -> int:
-    if isinstance(obj, np.ndarray):
-        return 1
-    return sum(_count_arrays(v) for v in obj.values()) if isinstance(obj, dict) else 0
+    return pickle.dumps(obj, protocol=3).replace(_NUMPY2_ARRAY, _NUMPY1_ARRAY, 1)
 
 
 def write_agora_submission(predictions: Iterable[Mapping], out: str | Path, canvas: int = 1288,
