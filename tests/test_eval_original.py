@@ -208,6 +208,10 @@ def test_eval_reports_kid_metrics_and_writes_the_submission(tmp_path, embedded):
     shutil.copytree(data / "agora" / "train", test_dir)
     res = run("eval", "--data", data, "--dataset", "agora:test")
     assert res.exit_code == 2 and "add --agora-submission out.zip" in res.output, res.output
+    (tmp_path / "a_file").write_text("")
+    res = run("eval", "--data", data, "--dataset", "agora:test", "--agora-submission", tmp_path / "a_file" / "s.zip")
+    assert res.exit_code == 2 and "cannot write to the output folder" in res.output    # before the run
+    assert "AGORA submission" not in res.output
     res = run("eval", "--data", data, "--dataset", "agora:test", "--threshold", "0.3",
               "--agora-submission", tmp_path / "sub.zip")
     assert res.exit_code == 0 and "threshold 0.3  protocol agora" in res.output, res.output

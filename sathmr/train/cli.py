@@ -15,7 +15,7 @@ from sathmr.config import get_config
 from sathmr.distributed import launched_rank, start
 from sathmr.errors import SathmrError
 from sathmr.formats import choose_model, model_options
-from sathmr.io import write_json
+from sathmr.io import ensure_writable, write_json
 from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
 from sathmr.precision import precision_kwargs, precision_options
@@ -142,9 +142,9 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
-@click.option("--agora-submission", "submission_path", type=click.Path(dir_okay=False),
-              help="Also write the AGORA test submission zip (the original's test_agora layout) of the kept people, "
-                   "e.g. with --dataset agora:test --model sat_644_agora.")
+@click.option("--agora-submission", "submission_path", type=click.Path(),
+              help="Also write the AGORA test submission (the original's test_agora layout) of the kept people: this "
+                   "zip, or pred_<time>.zip in this folder; e.g. with --dataset agora:test --model sat_644_agora.")
 def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, model_path, config, smpl_dir, threshold, protocol,
                  batch_size, limit, device, json_path, submission_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
@@ -155,6 +155,9 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, m
     if not has_gt and not submission_path:
         raise SathmrError(f"{name}:{split} has no ground truth to score; add --agora-submission out.zip to write "
                           "the AGORA test submission")
+    if submission_path:   # a folder (pred_<time>.zip inside) or the zip; fail before the run, not after
+        sub = Path(submission_path)
+        ensure_writable(sub.parent if sub.suffix.lower() == ".zip" else sub)
     group = start(device)
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
     choice = choose_model(model_path, backend, checkpoint)
