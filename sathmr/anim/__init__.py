@@ -13,6 +13,7 @@ from sathmr.anim.gltf import anim_glb_bytes
 from sathmr.anim.motion import track_motions
 from sathmr.errors import SathmrError
 from sathmr.files import atomic_write
+from sathmr.optional import require
 
 ANIM_FORMATS = ("glb", "bvh")
 
@@ -23,6 +24,8 @@ def parse_anim_formats(text: str) -> tuple[str, ...]:
     bad = [f for f in fmts if f not in ANIM_FORMATS]
     if bad or not fmts:
         raise SathmrError(f"--save-anim takes a comma-separated list of {', '.join(ANIM_FORMATS)}, got {text!r}")
+    if "glb" in fmts:
+        require("pygltflib")    # before the video is read, not after
     return fmts
 
 
