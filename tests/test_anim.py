@@ -170,8 +170,8 @@ def blender_python() -> str:
         return exe
     if importlib.util.find_spec("bpy") is not None:
         return sys.executable
-    pytest.skip("Blender (bpy) is not installed: it pins numpy < 2, so give it its own virtual environment "
-                "(python3.11 -m venv V && V/bin/pip install bpy==4.5.4) and set SATHMR_BLENDER_PYTHON=V/bin/python")
+    pytest.skip("Blender (bpy) is not installed: it pins numpy < 2, so it needs a virtual environment of its own "
+                "(python3.11 -m venv V && V/bin/pip install bpy, as .ci/run does); set SATHMR_BLENDER_PYTHON=V/bin/python")
 
 
 def blender_probe(tmp_path: Path, glb: Path, bvhs: list[Path], starts: list[int], frames: list[int]) -> dict:
