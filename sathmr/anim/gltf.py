@@ -1,7 +1,8 @@
 """Tracked people as one animated, skinned glTF (``<name>_anim.glb``), written with pygltflib.
 
 Per track, under a node ``track_<id>``: the 24 SMPL joints as a node tree (rest: identity rotations,
-translations = bone offsets of the track's shape), the body mesh in its rest shape skinned to them with
+translations = bone offsets of the track's shape); beside it, at the scene root as glTF wants skinned
+meshes, the node ``track_<id>_body``: the body mesh in its rest shape skinned to them with
 the model's own skinning weights (every non-zero weight kept: as many JOINTS_n/WEIGHTS_n sets as the
 model needs), and in the one animation ``motion`` a rotation key per joint and a translation key on the
 pelvis at every frame the track was seen (time = frame index / fps, LINEAR).
