@@ -184,8 +184,9 @@ def blender_probe(tmp_path: Path, glb: Path, bvhs: list[Path], starts: list[int]
 
 
 def check_in_blender(report: dict, tracks: dict, body, frames: list[int]) -> float:
-    """Bones, keys, skinned vertices and BVH rotations as Blender sees them; returns the largest vertex error."""
-    glb, worst = report["glb"], 0.0
+    """Bones, keys, skinned vertices and BVH rotations as Blender sees them (at least three frames of one
+    track compared); returns the largest vertex error."""
+    glb, worst, compared = report["glb"], 0.0, []
     for k, tr in enumerate(tracks["tracks"]):
         arm = glb["armatures"][f"track_{tr['id']}"]
         assert len(arm["bones"]) == 24
@@ -202,11 +203,11 @@ def check_in_blender(report: dict, tracks: dict, body, frames: list[int]) -> flo
             if f not in ref:
                 continue
             worst = max(worst, float(np.abs(got - ref[f] @ GL_TO_BLENDER.T).max()))
+        compared.append(sum(f in ref for f in frames))
         bvh = report["bvh"][k]
-        assert len(bvh["bones"]) == 24
+        assert sorted(bvh["bones"]) == sorted(JOINT_NAMES)
         ref_rot = local_rotations_json(tr)
         parents = body.smpl.parents.numpy()
-        names = list(bvh["rotations"][str(frames[0])])
         for f in frames:
             if f not in tr["frames"]:
                 continue
@@ -215,7 +216,7 @@ def check_in_blender(report: dict, tracks: dict, body, frames: list[int]) -> flo
                 d = world[name] if j == 0 else world[JOINT_NAMES[parents[j]]].T @ world[name]
                 local = GL_TO_BLENDER.T @ d @ GL_TO_BLENDER
                 assert np.abs(local - ref_rot[tr["frames"].index(f), j]).max() < ROT_TOL, (tr["id"], f, name)
-        assert sorted(names) == sorted(JOINT_NAMES)
+    assert max(compared) >= 3, compared
     return worst
 
 
