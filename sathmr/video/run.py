@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sathmr.errors import SathmrError
 from sathmr.pipeline import Failed, Skipped, Work
@@ -86,9 +87,10 @@ class VideoOutputs:
 
     def __init__(self, dirs: ThresholdDirs, thresholds: Sequence[float], predictor, opts: VideoOptions,
                  overlay: bool, report: Callable[[str], None],
-                 per_frame: Callable[[ImageResult, str, dict[float, list[int]]], None] | None = None):
+                 per_frame: Callable[[ImageResult, str, dict[float, list[int]]], None] | None = None,
+                 on_tracks: Callable[[Path, dict], None] | None = None):
         self.dirs, self.thresholds, self.predictor, self.opts = dirs, thresholds, predictor, opts
-        self.overlay, self.report, self.per_frame = overlay, report, per_frame
+        self.overlay, self.report, self.per_frame, self.on_tracks = overlay, report, per_frame, on_tracks
         self.udp = UdpPublisher(opts.stream) if opts.stream else None
         self.sinks: dict[int, VideoSink] = {}      # id(VideoStart) → its sink
         self.videos = self.frames = 0
@@ -97,7 +99,7 @@ class VideoOutputs:
         """Consume ``ev`` if it is a video's; returns whether it was."""
         if isinstance(ev, VideoStart):
             self.sinks[id(ev)] = VideoSink(ev.src, ev.name, ev.fps, self.dirs, self.thresholds, self.predictor,
-                                           self.opts, self.overlay, self.udp, self.per_frame)
+                                           self.opts, self.overlay, self.udp, self.per_frame, self.on_tracks)
         elif isinstance(ev, FrameJob):
             self.sinks[id(ev.video)].add(ev.frame, res)
             self.frames += 1
