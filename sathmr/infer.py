@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sathmr.anim import parse_anim_formats, write_animations
 from sathmr.api import Predictor, load_predictor
 from sathmr.distributed import ProcessGroup, start
 from sathmr.errors import SathmrError
@@ -46,6 +47,7 @@ class OutputPlan:
     mesh: str | None = None        # "obj" | "glb"
     raw: bool = False
     smpl: bool = False             # <name>_smpl.npz in the smplx convention
+    anim: tuple[str, ...] = ()     # videos: "glb" (<name>_anim.glb) and/or "bvh" (<name>_<track>.bvh)
 
     def tdir(self, t: float) -> Path:
         return self.root / f"thresh_{t:g}"
@@ -176,7 +178,8 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
     per_frame = video.per_frame or plan.mesh or plan.smpl or plan.raw
     videos = VideoOutputs(plan, plan.thresholds, predictor, video, plan.overlay, fail,
                           (lambda res, src, ids: write_result(frame_plan, res, src, predictor, ids)) if per_frame else None,
-                          say=bar.write)
+                          (lambda path, doc: write_animations(doc, predictor.body_model, path.parent, doc["name"], plan.anim))
+                          if plan.anim else None, say=bar.write)
 
     def consume(ev, res: ImageResult | None) -> None:
         if res is not None:
@@ -218,6 +221,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 @click.option("--batch-size", "-b", type=int, default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--save-mesh", type=click.Choice(["obj", "glb"]), is_flag=False, flag_value="obj", default=None, help="Write meshes per image (default format obj).")
+@click.option("--save-anim", default=None, metavar="glb,bvh", help="Videos: <name>_anim.glb (every track, skinned and animated) and/or <name>_<track>.bvh per threshold.")
 @click.option("--save-smpl", is_flag=True, help="Write <name>_smpl.npz per image and threshold: SMPL parameters smplx loads as they are.")
 @click.option("--save-raw", is_flag=True, help="Write every query's raw outputs and the exact network input (.npz).")
 @click.option("--no-overlay", is_flag=True, help="Skip the overlay PNGs (and the overlay videos).")
@@ -243,13 +247,14 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
               help="PyTorch intra-op threads for the network (default: PyTorch's, one per core).")
 @click.option("--no-pipeline", is_flag=True, help="Decode, run and write in turn in one thread (for comparison).")
 def infer_command(inputs, output, backend, precision, compile_, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
-                  save_mesh, save_smpl, save_raw, no_overlay, overwrite, max_pixels, per_frame, no_smooth,
+                  save_mesh, save_anim, save_smpl, save_raw, no_overlay, overwrite, max_pixels, per_frame, no_smooth,
                   smooth_min_cutoff, smooth_beta, track_max_missed, max_frames, duration, live, stream_url, threads,
                   no_pipeline):
     """Detect people and estimate their SMPL meshes; track and smooth them in videos (several processes:
     `torchrun --nproc-per-node N -m sathmr infer ...`)."""
     if batch_size < 1:
         raise SathmrError("--batch-size must be >= 1")
+    anim = parse_anim_formats(save_anim) if save_anim else ()
     video = VideoOptions(tracker=TrackerConfig(max_missed=track_max_missed),
                          smooth=None if no_smooth else SmoothConfig(smooth_min_cutoff, smooth_beta),
                          per_frame=per_frame, limits=FrameLimits(max_frames, duration), stream=stream_url, live=live)
@@ -264,7 +269,7 @@ def infer_command(inputs, output, backend, precision, compile_, checkpoint, mode
                                      precision=precision, compile=compile_)
     group.echo(info.get("note") or f"model: {info.get('path')}", err=True)
     plan = OutputPlan(Path(output), predictor.thresholds, overlay=not no_overlay, mesh=save_mesh, raw=save_raw,
-                      smpl=save_smpl)
+                      smpl=save_smpl, anim=anim)
     t0 = time.perf_counter()
     summary = run_infer(predictor, inputs, plan, batch_size, overwrite, progress=group.is_main, max_pixels=max_pixels,
                         video=video, threaded=not no_pipeline, group=group)

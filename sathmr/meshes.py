@@ -94,7 +94,7 @@ def _finish_tree(tree: dict, camera: dict, extras: dict[str, dict], scene_extras
     tree["asset"]["generator"] = "sathmr (trimesh)"
 
 
-def _pack_glb(tree: dict) -> bytes:
+def json_only_glb(tree: dict) -> bytes:
     """A GLB of a glTF tree without binary data (trimesh refuses to export scenes without geometry)."""
     body = json.dumps(tree).encode()
     body += b" " * (-len(body) % 4)
@@ -132,7 +132,7 @@ def mesh_file_bytes(fmt: str, verts: Sequence[np.ndarray], faces: np.ndarray, K:
     if not n:
         tree = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": []}]}
         _finish_tree(tree, camera, extras, scene_extras)
-        return _pack_glb(tree)
+        return json_only_glb(tree)
     scene = _scene([to_gl(v) for v in verts], faces, colors_rgb, names, glb=True)
     return scene.export(file_type="glb", include_normals=True,
                         tree_postprocessor=lambda tree: _finish_tree(tree, camera, extras, scene_extras))

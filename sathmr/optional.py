@@ -16,6 +16,7 @@ EXTRAS = {
     "uvicorn": ("serve", "sathmr serve"),
     "multipart": ("serve", "multipart uploads to sathmr serve (python-multipart)"),
     "prometheus_client": ("serve", "the metrics of sathmr serve"),
+    "pygltflib": ("anim", "the animated glTF of sathmr infer --save-anim"),
     "ray": ("ray", "replicas under Ray Serve (sathmr serve --ray-replicas)"),
 }
 

@@ -175,3 +175,24 @@ def test_height_range_sets_the_apparent_size(smpl_dir: Path) -> None:
     assert min(heights((0.08, 0.9))) < 0.3
     with pytest.raises(SathmrError, match="min-height"):
         generate_dataset(Path("unused"), 1, smpl_dir=smpl_dir, height_range=(0.5, 0.2))
+
+
+def test_agora_layout_holds_the_same_scenes_with_kid_flags(tmp_path: Path, smpl_dir: Path) -> None:
+    """`--layout agora` writes the scenes `--layout bedlam` writes (same images, same camera-frame GT
+    through the AGORA reader), plus kid flags drawn on their own stream."""
+    generate_dataset(tmp_path / "b", 3, seed=4, smpl_dir=smpl_dir, split="val")
+    generate_dataset(tmp_path / "a", 3, seed=4, smpl_dir=smpl_dir, split="val", layout="agora", kids=0.5)
+    generate_dataset(tmp_path / "all", 3, seed=4, smpl_dir=smpl_dir, split="val", layout="agora", kids=1.0)
+    bedlam, agora = open_dataset(tmp_path / "b", "bedlam", "validation_6fps"), open_dataset(tmp_path / "a", "agora", "validation")
+    builder = SampleBuilder(BodyModels(smpl_dir), CFG)
+    flags = []
+    for rb, ra, rall in zip(bedlam, agora, open_dataset(tmp_path / "all", "agora", "validation")):
+        assert rb.img_path.read_bytes() == ra.img_path.read_bytes()
+        tb, ta = (builder.build(r, AugParams(), None, train=False)[1] for r in (rb, ra))
+        np.testing.assert_allclose(ta["verts"].numpy(), tb["verts"].numpy(), atol=1e-6)
+        assert rb.kid is None and len(ra.kid) == ra.num_people and rall.kid.all()
+        assert ta["kid"].tolist() == ra.kid.tolist()
+        flags += ra.kid.tolist()
+    assert any(flags) and not all(flags)
+    with pytest.raises(SathmrError, match="--layout agora"):
+        generate_dataset(tmp_path / "c", 1, smpl_dir=smpl_dir, kids=0.5)

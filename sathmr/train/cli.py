@@ -15,14 +15,16 @@ from sathmr.config import get_config
 from sathmr.distributed import launched_rank, start
 from sathmr.errors import SathmrError
 from sathmr.formats import choose_model, model_options
-from sathmr.io import write_json
+from sathmr.io import ensure_writable, write_json
 from sathmr.model import build_model
 from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
 from sathmr.precision import precision_kwargs, precision_options
 from sathmr.train.data import open_dataset
 from sathmr.train.data.pipeline import BodyModels, HMRDataset
-from sathmr.train.data.readers import check_split
+from sathmr.train.data.readers import LAYOUTS, check_split
 from sathmr.train.engine import TrainConfig, evaluate, train
+from sathmr.train.metric_definitions import describe_metrics
+from sathmr.train.metrics import load_array, write_agora_submission
 from sathmr.weights import EMBEDDED, checkpoint_path, resolve
 from sathmr.zoo.local import model_file
 from sathmr.zoo.registry import MODELS
@@ -54,10 +56,15 @@ def body_for(smpl_dir, data_root):
     return beside if beside.is_dir() else default_smpl_dir()
 
 
-def metrics_table(metrics: dict) -> str:
-    keys = [k for k in ("f1", "precision", "recall", "mpjpe", "mve", "nmje", "nmve", "pa_mpjpe", "pa_mve", "num_matched") if k in metrics]
+METRIC_KEYS = ("f1", "precision", "recall", "mpjpe", "mve", "nmje", "nmve", "pa_mpjpe", "pa_mve", "num_matched")
+
+
+def metrics_table(metrics: dict, definitions: dict | None = None) -> str:
+    """Metric, value and (with ``definitions``) what it measures: protocol, threshold, joint set."""
+    keys = [k for k in (*METRIC_KEYS, *(f"kid_{k}" for k in METRIC_KEYS), "kid_num_gt") if k in metrics]
     width = max(len(k) for k in keys)
-    return "\n".join(f"{k:<{width}}  {metrics[k]}" for k in keys)
+    vwidth = max(len(str(metrics[k])) for k in keys)
+    return "\n".join(f"{k:<{width}}  {metrics[k]!s:<{vwidth}}  {(definitions or {}).get(k, '')}".rstrip() for k in keys)
 
 
 @click.command("train")
@@ -135,12 +142,22 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
+@click.option("--agora-submission", "submission_path", type=click.Path(),
+              help="Also write the AGORA test submission (the original's test_agora layout) of the kept people: this "
+                   "zip, or pred_<time>.zip in this folder; e.g. with --dataset agora:test --model sat_644_agora.")
 def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, model_path, config, smpl_dir, threshold, protocol,
-                 batch_size, limit, device, json_path):
+                 batch_size, limit, device, json_path, submission_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
     (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
     (name, split), = parse_sets((dataset,), dataset)
     check_split(data_root, name, split)     # before any model is loaded
+    has_gt = split in LAYOUTS[name].annots
+    if not has_gt and not submission_path:
+        raise SathmrError(f"{name}:{split} has no ground truth to score; add --agora-submission out.zip to write "
+                          "the AGORA test submission")
+    if submission_path:   # a folder (pred_<time>.zip inside) or the zip; fail before the run, not after
+        sub = Path(submission_path)
+        ensure_writable(sub.parent if sub.suffix.lower() == ".zip" else sub)
     group = start(device)
     beside = Path(data_root) / "smpl"   # written by `sathmr data synthetic`, pairs with the embedded default
     choice = choose_model(model_path, backend, checkpoint)
@@ -166,14 +183,23 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, m
         kw["h36m_regressor"] = smpl / "J_regressor_h36m_correct.npy"
     elif (smpl / "body_verts_smpl.npy").is_file():
         kw["body_verts"] = smpl / "body_verts_smpl.npy"
+    people: list | None = [] if submission_path else None
     metrics = evaluate(Predictor(be, body, (threshold,)), ds, threshold, protocol, batch_size, limit=limit,
-                       progress=group.is_main, group=group, **kw)
+                       progress=group.is_main, group=group, submission=people, **kw)
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     procs = f"  processes {group.world}" if group.world > 1 else ""
     numerics = be.info.get("precision", "fp32")   # not "precision": that is a detection metric
     group.echo(f"{name}:{split}  threshold {threshold:g}{note}  protocol {protocol}  images {limit or len(ds)}{procs}"
                f"  numerics {numerics}")
-    group.echo(metrics_table(metrics))
+    if people is not None and group.is_main:
+        zpath = write_agora_submission(people, submission_path, canvas=be.cfg.input_size)
+        group.echo(f"AGORA submission: {zpath} ({sum(len(p['j2ds']) for p in people)} people in {len(people)} images)")
+    if not has_gt:
+        return
+    subset = kw.get("body_verts")
+    definitions = describe_metrics(protocol, threshold, None if subset is None else len(load_array(subset, "body vertex subset")))
+    group.echo(metrics_table(metrics, definitions))
     if json_path and group.is_main:
         write_json(Path(json_path), {"dataset": f"{name}:{split}", "threshold": threshold, "protocol": protocol,
-                                     "numerics": numerics, **metrics})
+                                     "numerics": numerics, **metrics,
+                                     "definitions": {k: v for k, v in definitions.items() if k in metrics}})

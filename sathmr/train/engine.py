@@ -217,12 +217,13 @@ def eval_items(images: list[torch.Tensor], targets: list[dict]) -> list[Prepared
 
 def evaluate(predictor: Predictor, dataset, threshold: float = 0.5, protocol: str = "agora", batch_size: int = 4,
              body_verts=None, h36m_regressor=None, limit: int = 0, progress: bool = False,
-             group: ProcessGroup = ProcessGroup()) -> dict:
+             group: ProcessGroup = ProcessGroup(), submission: list | None = None) -> dict:
     """Run a predictor over an evaluation dataset (HMRDataset, eval mode) and score it (spec §7).
 
     Predictions are the queries with confidence > ``threshold`` in the canvas frame, as the GT is. Under
     several processes (``group``) each scores its share of the images; the per-image sums are gathered
-    and pooled in dataset order, so every process returns what one process computes.
+    and pooled in dataset order, so every process returns what one process computes. A ``submission``
+    list receives every image's kept people in dataset order, as ``write_agora_submission`` takes them.
     """
     acc = EvalAccumulator(protocol, body_verts=body_verts, h36m_regressor=h36m_regressor)
     n = len(dataset) if not limit else min(limit, len(dataset))
@@ -230,13 +231,20 @@ def evaluate(predictor: Predictor, dataset, threshold: float = 0.5, protocol: st
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
                                          collate_fn=collate)
     scored: list[tuple[int, EvalSums]] = []
+    kept: list[tuple[int, dict]] = []
     for imgs, targets in tqdm(loader, desc="eval", disable=not progress):
         dec = predictor.run_batch(eval_items(imgs, targets), [t["img_path"] for t in targets]).decoded
         for i, t in enumerate(targets):
             keep = dec["pred_confs"][i, :, 0] > threshold
-            pred = {"j2ds": dec["pred_j2ds"][i, keep], "j3ds": dec["pred_j3ds"][i, keep], "verts": dec["pred_verts"][i, keep]}
-            gt = {"j2ds": t["j2ds"].numpy(), "j3ds": t["j3ds"].numpy(), "verts": t["verts"].numpy()}
-            scored.append((mine[len(scored)], acc.score_image(pred, gt)[0]))
+            pred = {k: dec[f"pred_{k}"][i, keep] for k in ("j2ds", "j3ds", "verts", "transl")}
+            gt = {k: t[k].numpy() for k in ("j2ds", "j3ds", "verts", "transl", "kid") if k in t}
+            index = mine[len(scored)]
+            scored.append((index, acc.score_image(pred, gt)[0]))
+            if submission is not None:
+                kept.append((index, {"img_name": Path(t["img_path"]).name, "j2ds": pred["j2ds"],
+                                     "poses": dec["pred_poses"][i, keep], "betas": dec["pred_betas"][i, keep]}))
     for _, sums in sorted((s for part in group.gather(scored) for s in part), key=lambda s: s[0]):
         acc.sums.merge(sums)
+    if submission is not None:
+        submission.extend(p for _, p in sorted((s for part in group.gather(kept) for s in part), key=lambda s: s[0]))
     return acc.result()

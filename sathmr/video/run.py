@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sathmr.errors import SathmrError
 from sathmr.pipeline import Failed, Skipped, Work
@@ -96,9 +97,10 @@ class VideoOutputs:
     def __init__(self, dirs: ThresholdDirs, thresholds: Sequence[float], predictor, opts: VideoOptions,
                  overlay: bool, report: Callable[[str], None],
                  per_frame: Callable[[ImageResult, str, dict[float, list[int]]], None] | None = None,
-                 say: Callable[[str], None] | None = None):
+                 on_tracks: Callable[[Path, dict], None] | None = None, say: Callable[[str], None] | None = None):
         self.dirs, self.thresholds, self.predictor, self.opts = dirs, thresholds, predictor, opts
-        self.overlay, self.report, self.per_frame, self.say = overlay, report, per_frame, say or report
+        self.overlay, self.report, self.per_frame, self.on_tracks = overlay, report, per_frame, on_tracks
+        self.say = say or report
         self.udp = UdpPublisher(opts.stream) if opts.stream else None
         self.sinks: dict[int, VideoSink] = {}      # id(VideoStart) → its sink
         self.failed: set[int] = set()              # id(VideoStart) of videos whose outputs failed
@@ -130,7 +132,7 @@ class VideoOutputs:
             if ev.fps_note:
                 self.say(ev.fps_note)
             self.sinks[id(ev)] = VideoSink(ev.src, ev.name, ev.fps, self.dirs, self.thresholds, self.predictor,
-                                           self.opts, self.overlay, self.udp, self.per_frame)
+                                           self.opts, self.overlay, self.udp, self.per_frame, self.on_tracks)
         elif isinstance(ev, FrameJob):
             self.sinks[id(ev.video)].add(ev.frame, res)
             self.frames += 1

@@ -142,9 +142,10 @@ class VideoSink:
 
     def __init__(self, src: VideoSource, name: str, fps: float, dirs: ThresholdDirs, thresholds: Sequence[float],
                  predictor, opts: VideoOptions, overlay: bool, udp: UdpPublisher | None = None,
-                 per_frame: Callable[[ImageResult, str, dict[float, list[int]]], None] | None = None):
+                 per_frame: Callable[[ImageResult, str, dict[float, list[int]]], None] | None = None,
+                 on_tracks: Callable[[Path, dict], None] | None = None):
         self.src, self.name, self.fps, self.opts = src, name, fps, opts
-        self.predictor, self.udp, self.per_frame = predictor, udp, per_frame
+        self.predictor, self.udp, self.per_frame, self.on_tracks = predictor, udp, per_frame, on_tracks
         self.lanes = []
         for t in thresholds:
             mp4, tracks = video_paths(dirs, t, name)
@@ -197,8 +198,10 @@ class VideoSink:
                     "tracker": self.opts.tracker.to_json(),
                     "smoothing": self.opts.smooth.to_json() if self.opts.smooth is not None else None,
                     "num_tracks": len(lane.log.tracks)}
-            body = json.dumps({**head, "tracks": lane.log.to_json()}, separators=(",", ":")).encode()
-            atomic_write(lane.tracks_path, body)
+            doc = {**head, "tracks": lane.log.to_json()}
+            atomic_write(lane.tracks_path, json.dumps(doc, separators=(",", ":")).encode())
+            if self.on_tracks is not None:     # e.g. the animation files, made from exactly what was written
+                self.on_tracks(lane.tracks_path, doc)
 
     def abort(self) -> None:
         """An unexpected error: no partial video under a final name; the tracks file is not written."""

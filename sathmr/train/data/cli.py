@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from sathmr.train.data.poses import POSE_PRIORS
-from sathmr.train.data.synthetic import HEIGHT_RANGE, MAX_PEOPLE, SPLITS, generate_dataset
+from sathmr.train.data.synthetic import HEIGHT_RANGE, LAYOUT_SPLITS, MAX_PEOPLE, generate_dataset
 
 
 @click.group("data")
@@ -17,7 +17,7 @@ def data() -> None:
 
 @data.command("synthetic")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="dataset root; images and annotations go to OUT/bedlam/ (BEDLAM layout)")
+              help="dataset root; images and annotations go to OUT/bedlam/ (OUT/agora/ with --layout agora)")
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=1), help="number of scenes")
 @click.option("--seed", default=0, show_default=True, type=int, help="scene i depends only on (seed, i)")
 @click.option("--smpl-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -34,13 +34,18 @@ def data() -> None:
 @click.option("--poses", "pose_prior", type=click.Choice(list(POSE_PRIORS)), default="families", show_default=True,
               help="families: standing, walking, sitting, ... with per-joint noise; uniform: every joint "
                    "independently uniform within anatomical limits (much harder)")
+@click.option("--layout", type=click.Choice(list(LAYOUT_SPLITS)), default="bedlam", show_default=True,
+              help="annotation layout: bedlam (train_6fps / validation_6fps) or agora (train / validation)")
+@click.option("--kids", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="with --layout agora: the fraction of people flagged kid (for the AGORA kid metrics)")
 def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int,
-              min_height: float, max_height: float, pose_prior: str) -> None:
+              min_height: float, max_height: float, pose_prior: str, layout: str, kids: float) -> None:
     """Render N scenes of posed mannequins with exact SMPL ground truth."""
     # "both": validation scenes continue the training scenes' numbering, so the two never share a scene
     plan = [("train", n, 0), ("val", max(1, n // 10), n)] if split == "both" else [(split, n, 0)]
     for part, count, first in plan:
         annot = generate_dataset(out, count, seed=seed, smpl_dir=smpl_dir, size=size, split=part,
                                  max_people=max_people, first=first,
-                                 height_range=(min_height, max_height), pose_prior=pose_prior)
-        click.echo(f"wrote {count} scenes; annotations {annot}; read with --dataset bedlam:{SPLITS[part]}")
+                                 height_range=(min_height, max_height), pose_prior=pose_prior,
+                                 layout=layout, kids=kids)
+        click.echo(f"wrote {count} scenes; annotations {annot}; read with --dataset {layout}:{LAYOUT_SPLITS[layout][part]}")

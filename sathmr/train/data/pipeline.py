@@ -227,6 +227,8 @@ class SampleBuilder:
             "focals": _f32(focals),
             "genders": genders,
         }
+        if record.kid is not None:   # [quirk] as the original: one flag per valid person, NOT filtered
+            target["kid"] = torch.as_tensor(record.kid, dtype=torch.bool)   # like the people (metrics only)
         return tensor, target
 
 

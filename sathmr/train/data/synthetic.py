@@ -15,7 +15,9 @@ meant to look the way people do in photographs, so that a small network can lear
 
 The GT is stored in the world frame with a random camera, so reading it back exercises the same world →
 camera path as real BEDLAM data. Scene i depends only on (seed, i): generation is deterministic and
-prefix-stable.
+prefix-stable. The same scenes can be written in the AGORA layout, with a fraction of the people flagged
+as kids (a flag only, drawn from its own random stream: the bodies and images do not change; AGORA too
+fits its kids with the adult model), for the kid metrics of the AGORA protocol.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from sathmr.train.data.readers import LAYOUTS
 
 # --split → BEDLAM split name read back by ``open_dataset(out, 'bedlam', <name>)``
 SPLITS = {"train": "train_6fps", "val": "validation_6fps"}
+LAYOUT_SPLITS = {"bedlam": SPLITS, "agora": {"train": "train", "val": "validation"}}
+KID_STREAM = 1              # kid flags of scene i come from default_rng([seed, i, KID_STREAM])
 ASPECTS = ((4, 3), (16, 9), (1, 1), (3, 4), (9, 16), (3, 2))
 BODY_HEIGHT_M = 1.7
 BACK_SHADE = 0.35           # the back of a mannequin is its colour times this
@@ -253,16 +257,33 @@ def make_scene(rng: np.random.Generator, bodies: BodyModels, size: int, max_peop
     return Scene(image, annotation, verts_c)
 
 
+def to_agora(annotation: dict, kid: np.ndarray) -> dict:
+    """A scene's BEDLAM-format annotation in AGORA's (§6): every person valid, one intrinsics matrix."""
+    pose = annotation["pose_world"]
+    return {"isValid": [True] * len(pose), "cam_intrinsics": annotation["cam_int"],
+            "cam_rot": annotation["cam_rot"], "cam_trans": annotation["cam_trans"],
+            "smpl_gt": [{"betas": b, "global_orient": p[:3], "body_pose": p[3:], "transl": t}
+                        for b, p, t in zip(annotation["shape"], pose, annotation["trans_world"])],
+            "kid": [bool(k) for k in kid]}
+
+
 def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Path | None = None,
                      size: int = 448, split: str = "train", max_people: int = MAX_PEOPLE, first: int = 0,
-                     height_range: tuple[float, float] = HEIGHT_RANGE, pose_prior: str = "families") -> Path:
-    """Write scenes ``first .. first+n-1`` under ``<out>/bedlam/`` for ``open_dataset(out, 'bedlam', SPLITS[split])``.
+                     height_range: tuple[float, float] = HEIGHT_RANGE, pose_prior: str = "families",
+                     layout: str = "bedlam", kids: float = 0.0) -> Path:
+    """Write scenes ``first .. first+n-1`` under ``<out>/<layout>/`` for
+    ``open_dataset(out, layout, LAYOUT_SPLITS[layout][split])``.
 
-    Without ``smpl_dir`` a synthetic SMPL folder is generated in ``<out>/smpl`` (or reused). Returns
-    the annotation file written; an existing one for the same split is replaced.
+    Without ``smpl_dir`` a synthetic SMPL folder is generated in ``<out>/smpl`` (or reused). With
+    ``layout="agora"`` each person is flagged kid with probability ``kids``. Returns the annotation file
+    written; an existing one for the same split is replaced.
     """
     if split not in SPLITS:
         raise SathmrError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if layout not in LAYOUT_SPLITS:
+        raise SathmrError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUT_SPLITS)}")
+    if not 0.0 <= kids <= 1.0 or (kids and layout != "agora"):
+        raise SathmrError(f"--kids {kids:g}: need a fraction in [0, 1], with --layout agora (BEDLAM has no kid flags)")
     if n < 1 or max_people < 1 or size < 56:
         raise SathmrError("need --n >= 1, --max-people >= 1 and --size >= 56")
     if pose_prior not in POSE_PRIORS:
@@ -275,8 +296,8 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
         if not smpl_dir.is_dir():
             generate_synthetic(smpl_dir, size="tiny")
     bodies = BodyModels(smpl_dir)
-    layout, bedlam_split = LAYOUTS["bedlam"], SPLITS[split]
-    image_dir = out / layout.folder / layout.images[bedlam_split]
+    where, split_name = LAYOUTS[layout], LAYOUT_SPLITS[layout][split]
+    image_dir = out / where.folder / where.images[split_name]
     image_dir.mkdir(parents=True, exist_ok=True)
     annots: dict[str, dict] = {}
     for i in range(first, first + n):
@@ -284,7 +305,11 @@ def generate_dataset(out: str | Path, n: int, seed: int = 0, smpl_dir: str | Pat
         name = f"synth_s{seed}_{i:06d}.png"
         if not cv2.imwrite(str(image_dir / name), scene.image):
             raise SathmrError(f"cannot write {image_dir / name}")
-        annots[name] = scene.annotation
-    annot_path = out / layout.folder / layout.annots[bedlam_split]
+        if layout == "agora":
+            kid = np.random.default_rng([seed, i, KID_STREAM]).random(len(scene.verts)) < kids
+            annots[name] = to_agora(scene.annotation, kid)
+        else:
+            annots[name] = scene.annotation
+    annot_path = out / where.folder / where.annots[split_name]
     save_annots(annot_path, annots)
     return annot_path
