@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import heapq
 import logging
 import os
 import time
@@ -103,6 +104,56 @@ def stage_bc_nodes(model: onnx.ModelProto) -> list[str]:
     return picked
 
 
+def outer_inputs(graph: onnx.GraphProto) -> set[str]:
+    """The tensors ``graph`` reads without producing them (a subgraph's outer-scope captures included)."""
+    made = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    read: set[str] = set()
+    for node in graph.node:
+        read.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                read |= outer_inputs(sub)
+        made.update(node.output)
+    return read - made
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes so that each comes after everything it reads — what onnx.checker demands.
+
+    ONNX Runtime's quantiser re-sorts by explicit inputs only, so an ``If`` of the attention fusion (whose
+    branches read outer-scope tensors) can land ahead of those tensors' producers; at sat_644's width it
+    does, and the int8 export failed the checker. A stable sort: nodes keep their order where they may.
+    """
+    producer = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
+    needs = []
+    for node in graph.node:
+        reads = set(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                reads |= outer_inputs(sub)
+        needs.append({producer[r] for r in reads if r in producer})
+    users: dict[int, list[int]] = {k: [] for k in range(len(needs))}
+    for k, deps in enumerate(needs):
+        for d in deps:
+            users[d].append(k)
+    waiting = [len(d) for d in needs]
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for u in users[k]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(needs):
+        raise RuntimeError("the quantised graph has a cycle")    # a quantiser bug: keep the traceback
+    nodes = [graph.node[k] for k in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def quantize_weights(path: Path, output: Path | None = None, props: dict[str, str] | None = None) -> int:
     """Quantise the MatMul/Gemm weights of the ONNX file ``path`` to int8 into ``output`` (default: in
     place), with ``props`` as its metadata (default: the file's own). Returns the number of quantised
@@ -126,6 +177,7 @@ def quantize_weights(path: Path, output: Path | None = None, props: dict[str, st
                                reduce_range=False, nodes_to_quantize=stage_bc_nodes(original),
                                extra_options={"MatMulConstBOnly": True})
     model = onnx.load(str(tmp))
+    topological_sort(model.graph)
     del model.metadata_props[:]          # exactly the export's metadata (the quantiser adds its own keys)
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
