@@ -15,11 +15,12 @@ import onnx
 import pytest
 import torch
 
+from sathmr import hardware
 from sathmr.backends import OrtBackend, TorchBackend
 from sathmr.bench.setup import spread_heads
 from sathmr.config import get_config
 from sathmr.export.onnx import export_network
-from sathmr.export.quantize import topological_sort
+from sathmr.export.quantize import topological_sort, weight_type
 from sathmr.model import build_model
 
 #: sat_644's width with 3 blocks (1 before the split), 1 decoder layer and a 448-px canvas
@@ -67,3 +68,12 @@ def test_sort_places_if_nodes_after_what_their_branches_read():
     topological_sort(model.graph)
     assert [n.name for n in model.graph.node] == ["neg", "if"]
     onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [(["avx2", "fma"], "QUInt8"), (["avx2", "avx_vnni"], "QInt8"),
+                                                 (["avx512f", "avx512_vnni", "amx_int8"], "QInt8")])
+def test_weight_type_follows_the_cpu(monkeypatch, flags, expected):
+    """U8S8 where VNNI/AMX run it fast and exactly (1.45x vs 0.98x on a Xeon with AMX), U8U8 where U8S8 would
+    saturate (no VNNI)."""
+    monkeypatch.setattr(hardware, "cpu_info", lambda: {"cpu": "test CPU", "cpu_flags": flags})
+    assert weight_type() == expected

@@ -46,15 +46,20 @@ FP32_OPS = ("LayerNormalization", "Softmax")
 
 
 def token_maxima(meta: ExportMeta, max_tokens: int | None) -> tuple[int, int]:
-    """Largest SAT cells and context tokens of the tokens profile. ``max_tokens`` bounds both corners of
-    the stage-C sequence (4 level-0 tokens per SAT cell + context); None: all the canvas allows."""
+    """Largest SAT cells and context tokens of the tokens profile; None: all the canvas allows.
+
+    ``max_tokens`` bounds the stage-C sequence at the profile's corner (4 level-0 tokens per SAT cell +
+    the context tokens), the one TensorRT plans memory for. Context keeps as much of its range as it can
+    (up to half the bound), so images with few SAT cells always fit; the SAT cells take the rest.
+    """
     ax = meta.axes()
     ks, kc = ax["sat_cells"][1], ax["ctx_tokens"][1]
     if max_tokens is None:
         return ks, kc
     if max_tokens < 8:
         raise SathmrError(f"--max-tokens {max_tokens}: at least 8")
-    return max(1, min(ks, max_tokens // 4)), max(1, min(kc, max_tokens))
+    kc = min(kc, max_tokens // 2)
+    return max(1, min(ks, (max_tokens - kc) // 4)), kc
 
 
 def score_bytes(meta: ExportMeta, batch: int, max_tokens: int | None, itemsize: int = 4) -> int:
@@ -205,6 +210,8 @@ def build_engines(onnx_model: str | Path, output: str | Path, fp16: bool = False
     if meta.precision == "fp16" and meta.layout == "static":
         raise SathmrError(f"{onnx_model}: an fp16 --static-budget graph holds stage A in fp16 too; TensorRT builds "
                           "fp16 from the two-stage export only (stage A stays fp32)")
+    if meta.batch is None and max_batch > meta.max_batch:
+        raise SathmrError(f"--max-batch {max_batch}: {onnx_model} was exported for batches up to {meta.max_batch}")
     check_budget(meta, meta.batch or max_batch, max_tokens if meta.layout == "two-stage" else None)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
