@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from sathmr import optional
 from sathmr.backends.torch_backend import _tf32_knobs, exact_fp32
+from sathmr.backends.two_stage import TwoStage
+from sathmr.bench.setup import random_network
 from sathmr.cli import main
 from sathmr.config import get_config
 from sathmr.errors import SathmrError
@@ -21,6 +23,8 @@ from sathmr.export.meta import ExportMeta
 from sathmr.export.onnx import export_network
 from sathmr.export.trt import FP32_OPS, _elem_types, build_engines, check_budget, pin_fp32, score_bytes, token_maxima
 from sathmr.optional import check_ort_install, check_tensorrt_version
+from sathmr.preprocess import collate, prepare, read_image
+from sathmr.weights import synthetic_smpl_dir
 
 FULL = ExportMeta(cfg=get_config("sat_644"))
 
@@ -137,3 +141,46 @@ def test_exact_fp32_turns_tf32_off_on_cuda_only_and_restores():
     assert [getattr(o, n) for o, n, _ in knobs] == saved
     with exact_fp32(torch.device("cpu")):
         assert [getattr(o, n) for o, n, _ in knobs] == saved
+
+
+def to_tf32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to TF32's 10-bit mantissa (what tensor cores read of an fp32 operand)."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.slow
+def test_tf32_in_stage_a_changes_the_full_size_token_set(real_images):
+    """Why TF32 is off before the token selection (ORT CUDA ``use_tf32=0``, TensorRT without
+    ``BuilderFlag.TF32``, PyTorch ``exact_fp32``): sat_644 with random weights on the first photo, every
+    stage-A convolution and linear layer fed TF32-rounded operands as tensor cores would be — the scale
+    map moves (1.9e-3 relative) and the selected token set is no longer the fp32 one (228 SAT cells and
+    1073 context tokens become 227 and 1074)."""
+    model = random_network("sat_644", synthetic_smpl_dir("full"))
+    images, hw = collate([prepare(read_image(real_images[0]), 1288, 56)])
+    select = TwoStage(model.cfg, None, None).select
+
+    def rounded_operands(module, args):
+        module.weight.data = to_tf32(module.weight.data)
+        return (to_tf32(args[0]),)
+
+    with torch.inference_mode():
+        exact = model.forward_scale_map(images, hw).scale_map
+        layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        originals = [m.weight.data.clone() for m in layers]
+        hooks = [m.register_forward_pre_hook(rounded_operands) for m in layers]
+        try:
+            tf32 = model.forward_scale_map(images, hw).scale_map
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, w in zip(layers, originals):
+                m.weight.data = w
+        again = model.forward_scale_map(images, hw).scale_map
+    assert torch.equal(again, exact)                       # weights restored, fp32 is deterministic
+    rel = ((tf32 - exact).abs().max() / exact.abs().max()).item()
+    a, b = select(exact, hw), select(tf32, hw)
+    counts = lambda s: (int(s.sat_valid.sum()), int(s.ctx_valid.sum()))  # noqa: E731
+    print(f"TF32 in stage A: scale map moves {rel:.2e} relative; SAT cells/context {counts(a)} -> {counts(b)}")
+    assert rel > 1e-4
+    assert counts(a) != counts(b) or not torch.equal(a.sat_idx, b.sat_idx)
