@@ -69,6 +69,11 @@ def score_bytes(meta: ExportMeta, batch: int, max_tokens: int | None, itemsize: 
     return batch * meta.cfg.num_heads * seq * seq * itemsize
 
 
+def max_tokens_for(meta: ExportMeta, batch: int) -> int:
+    """The largest ``--max-tokens`` whose score tensor at ``batch`` fits ``ACTIVATION_BUDGET_GB``."""
+    return int(math.sqrt(ACTIVATION_BUDGET_GB * 2**30 / (batch * meta.cfg.num_heads * 4))) - 1
+
+
 def check_budget(meta: ExportMeta, max_batch: int, max_tokens: int | None) -> None:
     """Refuse profiles whose worst case does not fit ``ACTIVATION_BUDGET_GB``, naming what would fit."""
     if max_batch < 1:
@@ -78,7 +83,7 @@ def check_budget(meta: ExportMeta, max_batch: int, max_tokens: int | None) -> No
     if need <= budget:
         return
     ks, kc = token_maxima(meta, max_tokens)
-    fits = int(math.sqrt(budget / (max_batch * meta.cfg.num_heads * 4))) - 1
+    fits = max_tokens_for(meta, max_batch)
     raise SathmrError(f"--max-batch {max_batch} with up to {4 * ks + kc} tokens per image needs "
                       f"{need / 2**30:.1f} GB for one attention-score tensor (budget {ACTIVATION_BUDGET_GB:g} GB): "
                       f"use --max-tokens {fits} at this batch, or a smaller --max-batch")
