@@ -36,9 +36,8 @@ class Engine:
         if self.context is None:
             raise SathmrError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
         self.stream = torch.cuda.Stream(device)
-        t = trt.DataType
-        self.dtypes = {t.FLOAT: torch.float32, t.HALF: torch.float16, t.INT32: torch.int32, t.INT64: torch.int64,
-                       t.BOOL: torch.bool}
+        self.dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                       trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool}
         self.outputs: dict[str, torch.Tensor] = {}     # reused while the shape stays
 
     def dtype(self, tensor: str) -> torch.dtype:

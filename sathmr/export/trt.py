@@ -144,7 +144,7 @@ def pin_fp32(model: onnx.ModelProto) -> int:
                 node.input[i] = cast
         nodes.append(node)
         for j, name in enumerate(node.output):
-            if name:
+            if name and types.get(name) == half:     # (LayerNormalization's mean/inv-std outputs are fp32 already)
                 wide = f"{name}__fp32"
                 node.output[j] = wide
                 nodes.append(onnx.helper.make_node("Cast", [wide], [name], to=half, name=f"{node.name}__out{j}"))
