@@ -60,6 +60,12 @@ def test_default_profiles_fit_the_budget_and_a_large_batch_is_refused_with_what_
 def test_trt_options_refused_where_they_would_be_ignored(tmp_path):
     r = CliRunner().invoke(main, ["export", "-o", str(tmp_path / "x"), "--max-tokens", "4000"])
     assert r.exit_code == 2 and "--max-tokens" in r.output and "--format trt" in r.output
+    r = CliRunner().invoke(main, ["export", "--format", "trt", "--static-budget", "-o", str(tmp_path / "x.engine"),
+                                  "--max-tokens", "4000"])
+    assert r.exit_code == 2 and "fixed budgets" in r.output
+    r = CliRunner().invoke(main, ["export", "--format", "trt", "--static-budget", "--fp16", "-o", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "stage A" in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,8 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
         bad.append("--portable (TensorRT always builds from portable graphs)")
     if bad:
         raise SathmrError(f"{', '.join(bad)}: only with --format trt")
+    if given.get("max_tokens") is not None and static_budget:
+        raise SathmrError("--max-tokens sizes the two-stage tokens engine; the --static-budget graph has fixed budgets")
     if given.get("onnx_path") is not None and static_budget:
         raise SathmrError("--onnx builds from an existing export: its layout is already fixed")
     if given.get("int8"):
