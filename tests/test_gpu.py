@@ -12,6 +12,7 @@ import torch
 from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend, load_backend
 from sathmr.config import get_config
+from sathmr.errors import SathmrError
 from sathmr.export.onnx import export_network
 from sathmr.export.trt import build_engines
 from sathmr.model import build_model
@@ -87,12 +88,16 @@ def test_ort_cuda_two_stage_keeps_stage_a_on_the_device(tiny_export, tiny_random
                     reason="TensorRT is not installed (pip install 'sathmr[gpu]')")
 @pytest.mark.parametrize("fp16", [False, True])
 def test_trt_two_stage_engines_match_torch(tiny_random, body_tiny, real_images, tmp_path, fp16):
-    """Engines built from the portable two-stage export with dynamic profiles; fp16 keeps the token set
-    (stage A is fp32, LayerNorm/softmax pinned to fp32) and moves joints by millimetres at most."""
-    onnx_art, _ = export_network(tiny_random, body_tiny, tmp_path / "onnx", portable=True)
+    """Strongly typed engines built from the portable two-stage export (fp16: the fp16 export, LayerNorm
+    and softmax cast to fp32) with dynamic profiles; fp16 keeps the token set (stage A is fp32) and moves
+    joints by millimetres at most. Outputs are reused buffers, warmup runs both engines."""
+    onnx_art, _ = export_network(tiny_random, body_tiny, tmp_path / "onnx", portable=True,
+                                 precision="fp16" if fp16 else "fp32")
     engines = build_engines(onnx_art.path, tmp_path / "trt", fp16=fp16, max_batch=2)
     trt_be = load_backend("trt", model_path=engines.path, device="cuda")
     assert trt_be.meta.precision == ("fp16" if fp16 else "fp32")
+    trt_be.warmup()
+    assert all(e.outputs for e in trt_be.engines.values())
     rep = compare_backends(Predictor(TorchBackend(tiny_random), body_tiny), Predictor(trt_be, body_tiny),
                            _photos(real_images, tiny_random.cfg), [p.stem for p in real_images],
                            tol_mm=20.0 if fp16 else 0.5)
@@ -106,3 +111,17 @@ def test_trt_two_stage_engines_match_torch(tiny_random, body_tiny, real_images, 
     b = Predictor(trt_be, body_tiny).run_batch(items, ["a", "b"]).net
     assert torch.equal(a["tok_counts"], b["tok_counts"])
     np.testing.assert_allclose(a["pred_boxes"], b["pred_boxes"], atol=2e-2 if fp16 else 1e-3)
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="TensorRT is not installed (pip install 'sathmr[gpu]')")
+def test_trt_refuses_shapes_outside_its_profile(tiny_random, body_tiny, tmp_path):
+    """A batch above the profile runs in chunks; token counts above --max-tokens fail in one line."""
+    onnx_art, _ = export_network(tiny_random, body_tiny, tmp_path / "onnx", portable=True)
+    engines = build_engines(onnx_art.path, tmp_path / "trt", max_batch=1, max_tokens=16)
+    trt_be = load_backend("trt", model_path=engines.path, device="cuda")
+    x = torch.randn(3, 3, 448, 448)     # needs far more than 8 context tokens per image
+    hw = torch.tensor([[448, 448]] * 3)
+    with pytest.raises(SathmrError, match="outside the engine's profile"):
+        trt_be.run(x, hw)

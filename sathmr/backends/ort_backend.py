@@ -24,6 +24,12 @@ from sathmr.model.tokens import Selection
 from sathmr.optional import require
 from sathmr.precision import check_export_precision
 
+#: CUDA provider options (names checked against ONNX Runtime's, tests/test_gpu_api.py): TF32 off, because fp32
+#: means fp32 — the token selection thresholds stage A's output (TF32 moved sat_644's token set); a heuristic
+#: cuDNN algorithm choice, because EXHAUSTIVE (the default) searches again for every new input shape, and the
+#: level-0 patch convolution's batch (the SAT cells) changes with nearly every image
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+
 
 def providers_for(device: str, available: list[str]) -> list:
     """The ORT provider list for ``device`` ('cpu', 'cuda', 'cuda:1'); refuses what is not installed."""
@@ -37,7 +43,7 @@ def providers_for(device: str, available: list[str]) -> list:
                               "or use --device cpu")
         index = int(dev.split(":", 1)[1]) if ":" in dev else 0
         # CPU stays in the list only for the few ops CUDA lacks (shape bookkeeping), as ORT intends
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": str(index), **CUDA_OPTIONS}), "CPUExecutionProvider"]
     raise SathmrError(f"--device {device!r}: the ort backend supports cpu, cuda, cuda:N")
 
 

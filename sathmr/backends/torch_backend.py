@@ -4,8 +4,10 @@ through ``torch.compile``."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,6 +25,33 @@ def pick_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SathmrError("--device cuda requested but no CUDA device is available to PyTorch")
     return dev
+
+
+def _tf32_knobs() -> list[tuple[object, str, object]]:
+    """(object, attribute, exact value) of every switch that lets CUDA fp32 run as TF32 (cuDNN convolutions
+    default to TF32 in PyTorch); the ``fp32_precision`` API where PyTorch has it (2.9+), else ``allow_tf32``."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return [(conv, "fp32_precision", "ieee"), (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
+    return [(torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """No TF32 on ``device`` inside: fp32 means fp32 (the token selection thresholds stage A's scale map,
+    and TF32 changes sat_644's token set). Reduced precisions are autocast's, unaffected. Restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    knobs = _tf32_knobs()
+    saved = [getattr(obj, name) for obj, name, _ in knobs]
+    for obj, name, value in knobs:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for (obj, name, _), value in zip(knobs, saved):
+            setattr(obj, name, value)
 
 
 class TorchBackend(Backend):
@@ -69,7 +98,8 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
-        out = self._net(images.to(self.device), img_hw.to(self.device), reduced=self.precision.dtype)
+        with exact_fp32(self.device):
+            out = self._net(images.to(self.device), img_hw.to(self.device), reduced=self.precision.dtype)
         out = {k: v.cpu() for k, v in out.items()}
         if self.compiled and self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - t0

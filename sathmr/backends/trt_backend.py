@@ -5,8 +5,10 @@ profiles over batch, image size and token counts), run with the shared token sel
 (``TwoStage``): the images and the stage-A tensors stay on the device, only the scale map comes to the
 host. A static export is one engine. Every engine file starts with the sathmr metadata header (config,
 hashes, TensorRT version), so the backend refuses an engine built for another model or TensorRT.
-Buffers are torch CUDA tensors (no pycuda); outputs come from torch's caching allocator, so a call
-allocates nothing new once the largest shapes have been seen.
+Buffers are torch CUDA tensors (no pycuda). Each engine runs on its own CUDA stream, ordered after the
+caller's work and before it continues (``wait_stream`` both ways); its outputs are allocated once per
+shape and reused by the next call of that shape (a caller copies what it keeps, as ``run`` does). A
+shape outside the engine's profile is refused in one line naming the profile, never run unchecked.
 """
 
 from __future__ import annotations
@@ -26,31 +28,57 @@ from sathmr.precision import check_export_precision
 
 
 class Engine:
-    """One deserialized engine with its execution context, run on torch's current CUDA stream."""
+    """One deserialized engine with its execution context and CUDA stream."""
 
     def __init__(self, trt, engine, device: torch.device, name: str):
         self.trt, self.engine, self.device, self.name = trt, engine, device, name
         self.context = engine.create_execution_context()
-        t = trt.DataType
-        self.dtypes = {t.FLOAT: torch.float32, t.HALF: torch.float16, t.INT32: torch.int32, t.INT64: torch.int64,
-                       t.BOOL: torch.bool}
+        if self.context is None:
+            raise SathmrError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
+        self.stream = torch.cuda.Stream(device)
+        self.dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                       trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool}
+        self.outputs: dict[str, torch.Tensor] = {}     # reused while the shape stays
 
     def dtype(self, tensor: str) -> torch.dtype:
         return self.dtypes[self.engine.get_tensor_dtype(tensor)]
 
+    def profile(self, tensor: str) -> str:
+        lo, _, hi = self.engine.get_tensor_profile_shape(tensor, 0)
+        return f"{tuple(lo)}..{tuple(hi)}"
+
+    def _output(self, name: str) -> torch.Tensor:
+        shape = tuple(self.context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise SathmrError(f"TensorRT cannot infer the shape of {name} in {self.name} from the inputs given")
+        out = self.outputs.get(name)
+        if out is None or tuple(out.shape) != shape:
+            out = self.outputs[name] = torch.empty(shape, dtype=self.dtype(name), device=self.device)
+        return out
+
     def __call__(self, feeds: dict[str, torch.Tensor], outputs: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        ctx = self.context
-        bound = {k: v.to(self.device, self.dtype(k)).contiguous() for k, v in feeds.items()}
-        for k, v in bound.items():
-            ctx.set_input_shape(k, tuple(v.shape))
-            ctx.set_tensor_address(k, v.data_ptr())
-        outs = {}
-        for k in outputs:
-            outs[k] = torch.empty(tuple(ctx.get_tensor_shape(k)), dtype=self.dtype(k), device=self.device)
-            ctx.set_tensor_address(k, outs[k].data_ptr())
-        if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise SathmrError(f"TensorRT execution of {self.name} failed (see the TensorRT log)")
-        return {k: v.float() if v.is_floating_point() else v.long() for k, v in outs.items()}
+        """Run once; returns float32/int64 views of the reused output buffers (valid until the next call)."""
+        ctx, caller = self.context, torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)                  # inputs made on the caller's stream are ready
+        with torch.cuda.stream(self.stream):
+            bound = {k: v.to(self.device, self.dtype(k)).contiguous() for k, v in feeds.items()}
+            for k, v in bound.items():
+                if not ctx.set_input_shape(k, tuple(v.shape)):
+                    raise SathmrError(f"{self.name}: input {k} of shape {tuple(v.shape)} is outside the engine's "
+                                      f"profile {self.profile(k)}; rebuild with a larger --max-batch/--max-tokens")
+                ctx.set_tensor_address(k, v.data_ptr())
+            outs = {k: self._output(k) for k in outputs}
+            for k, v in outs.items():
+                ctx.set_tensor_address(k, v.data_ptr())
+            if not ctx.execute_async_v3(self.stream.cuda_stream):
+                raise SathmrError(f"TensorRT execution of {self.name} failed (see the TensorRT log)")
+            for v in bound.values():
+                v.record_stream(self.stream)             # the caller's inputs outlive this stream's use of them
+            result = {k: v.float() if v.is_floating_point() else v.long() for k, v in outs.items()}
+        caller.wait_stream(self.stream)                  # the caller sees finished outputs
+        for v in result.values():
+            v.record_stream(caller)
+        return result
 
 
 class TrtBackend(Backend):
@@ -98,6 +126,12 @@ class TrtBackend(Backend):
 
     def check_body_model(self, body_model) -> None:
         self.meta.check(body_fingerprint=getattr(body_model, "fingerprint", None), source=self.info["path"])
+
+    def warmup(self) -> None:
+        """One blank full-canvas image through every engine: kernels loaded, output buffers allocated."""
+        side = self.canvas_hw or (self.cfg.input_size, self.cfg.input_size)
+        self.run(torch.zeros(1, 3, *side), torch.tensor([list(side)]))
+        torch.cuda.synchronize(self.device)
 
     def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = []

@@ -121,9 +121,9 @@ def exported_files(entries: Sequence[Entry], setup: Setup, workdir: Path, model_
             files[e.label] = onnx_at(e.precision)
     engines = {read_meta(engine_path).precision: Path(engine_path)} if engine_path else {}
     for e in trt:
-        if e.precision not in engines:     # TensorRT parses standard operators only, and reduces precision itself
+        if e.precision not in engines:     # standard operators only; strongly typed: the graph's own precision
             log(f"building TensorRT engines ({e.precision}) ...")
-            engines[e.precision] = build_engines(onnx_at("fp32", "portable"), workdir / f"trt_{e.precision}",
+            engines[e.precision] = build_engines(onnx_at(e.precision, "portable"), workdir / f"trt_{e.precision}",
                                                  fp16=e.precision == "fp16").path
         files[e.label] = engines[e.precision]
     return files, skipped

@@ -12,13 +12,13 @@ import click
 from sathmr.errors import SathmrError
 from sathmr.export.meta import DEFAULT_OPSET, Artifact
 from sathmr.export.onnx import export_from_checkpoint
-from sathmr.export.trt import DEFAULT_MAX_BATCH, build_engines
+from sathmr.export.trt import ACTIVATION_BUDGET_GB, DEFAULT_MAX_BATCH, build_engines, token_maxima
 from sathmr.formats import EXPORT_FORMATS
 from sathmr.model.tokens import TokenBudget, stage_lengths
 
 #: options that only mean something with one format / layout (rejected elsewhere instead of ignored)
 STATIC_ONLY = ("budget_sat", "budget_context", "canvas")
-TRT_ONLY = ("onnx_path", "workspace_gb", "max_batch")
+TRT_ONLY = ("onnx_path", "workspace_gb", "max_batch", "max_tokens")
 
 
 def parse_canvas(text: str | None) -> tuple[int, int] | None:
@@ -43,6 +43,8 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
         bad.append("--portable (TensorRT always builds from portable graphs)")
     if bad:
         raise SathmrError(f"{', '.join(bad)}: only with --format trt")
+    if given.get("max_tokens") is not None and static_budget:
+        raise SathmrError("--max-tokens sizes the two-stage tokens engine; the --static-budget graph has fixed budgets")
     if given.get("onnx_path") is not None and static_budget:
         raise SathmrError("--onnx builds from an existing export: its layout is already fixed")
     if given.get("int8"):
@@ -64,6 +66,10 @@ def describe(art: Artifact) -> str:
         lengths = stage_lengths(m.budget)
         return (f"{head}; canvas {m.canvas_hw[0]}x{m.canvas_hw[1]}, budgets sat={m.budget.sat_cells} "
                 f"context={m.budget.context} (stage B {lengths['stage_b']} tokens, stage C {lengths['stage_c']})")
+    if "tensorrt" in m.extra:
+        ks, kc = token_maxima(m, m.extra.get("tensorrt_max_tokens"))
+        head += (f"; TensorRT {m.extra['tensorrt']} profiles: batch <= {m.extra['tensorrt_max_batch']}, SAT cells <= {ks}, "
+                 f"context tokens <= {kc} (stage C <= {4 * ks + kc} tokens)")
     ax = m.axes()
     return (f"{head}; dynamic axes: images up to {m.cfg.input_size}x{m.cfg.input_size} in steps of "
             f"{m.cfg.pad_multiple}, SAT cells 1..{ax['sat_cells'][1]}, context tokens 1..{ax['ctx_tokens'][1]}")
@@ -91,14 +97,16 @@ def describe(art: Artifact) -> str:
 @click.option("--simplify", is_flag=True, help="Simplify the graphs with onnxslim/onnxsim when installed.")
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True), help="--format trt: build from this ONNX export instead of exporting one.")
 @click.option("--workspace-gb", type=float, default=None, help="--format trt: builder workspace (default 4).")
-@click.option("--max-batch", type=int, default=None, help=f"--format trt: largest batch of the profiles (default {DEFAULT_MAX_BATCH}).")
+@click.option("--max-batch", type=int, default=None, help=f"--format trt: largest batch of the profiles (default {DEFAULT_MAX_BATCH}; larger batches run in chunks).")
+@click.option("--max-tokens", type=int, default=None, help=f"--format trt: largest stage-C sequence per image (default: all the canvas allows); "
+              f"batch x tokens^2 scores must fit {ACTIVATION_BUDGET_GB:g} GB.")
 def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch,
-                   fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch):
+                   fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch, max_tokens):
     """Export the network for ONNX Runtime or TensorRT: by default the exact two-stage model whose token
     axes follow each image; with --static-budget one graph with fixed token budgets."""
     validate_args(fmt, static_budget, dict(budget_sat=budget_sat, budget_context=budget_context, canvas=canvas,
                                            onnx_path=onnx_path, workspace_gb=workspace_gb, max_batch=max_batch,
-                                           portable=portable, int8=int8, fp16=fp16))
+                                           max_tokens=max_tokens, portable=portable, int8=int8, fp16=fp16))
     output = Path(output)
     options = dict(static_budget=TokenBudget(budget_sat, budget_context) if static_budget else None,
                    canvas_hw=parse_canvas(canvas), batch=batch, opset=opset, simplify=simplify)
@@ -108,13 +116,18 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, bud
                       **options)
         click.echo(describe(art))
         return
-    trt_opts = dict(fp16=fp16, workspace_gb=workspace_gb or 4.0, max_batch=max_batch or DEFAULT_MAX_BATCH)
+    trt_opts = dict(fp16=fp16, workspace_gb=workspace_gb or 4.0, max_batch=max_batch or DEFAULT_MAX_BATCH,
+                    max_tokens=max_tokens)
     if onnx_path:
         art = build_engines(onnx_path, output, **trt_opts)
-    else:   # TensorRT reduces precision itself, from the fp32 graphs
+    else:   # strongly typed engines take their precision from the graphs (stage A stays fp32 in both)
+        if fp16 and static_budget:
+            raise SathmrError("--format trt --fp16 builds from the two-stage export (the --static-budget graph holds "
+                              "stage A, which stays fp32)")
         with tempfile.TemporaryDirectory(prefix="sathmr-export-") as tmp:
             name = "model.onnx" if static_budget else "model_onnx"
-            src = _export(Path(tmp) / name, checkpoint, smpl_dir, config, precision="fp32", portable=True, **options)
+            src = _export(Path(tmp) / name, checkpoint, smpl_dir, config, precision="fp16" if fp16 else "fp32",
+                          portable=True, **options)
             art = build_engines(src.path, output, **trt_opts)
     click.echo(describe(art))
 
