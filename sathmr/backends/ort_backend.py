@@ -18,7 +18,7 @@ import torch
 from sathmr.backends.base import Backend, fixed_batches
 from sathmr.backends.two_stage import TwoStage, selection_feeds
 from sathmr.errors import SathmrError
-from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, file_sha256, read_artifact
+from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, export_note, file_sha256, is_embedded, read_artifact
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
 from sathmr.optional import require
@@ -104,7 +104,7 @@ class OrtBackend(Backend):
         meta = art.meta
         info = {"path": str(path), "device": device, "providers": ",".join(used), "config": meta.cfg.name,
                 "layout": meta.layout, "precision": meta.precision, "batch": meta.batch or "dynamic",
-                "note": f"model: {path} (ONNX Runtime, {used[0]}, {meta.layout}, {meta.precision})"}
+                "note": export_note(path, f"ONNX Runtime, {used[0]}", meta), "embedded": is_embedded(meta)}
         if meta.layout == "static":
             info.update(budget_sat=meta.budget.sat_cells, budget_context=meta.budget.context,
                         canvas=f"{meta.canvas_hw[0]}x{meta.canvas_hw[1]}")

@@ -108,7 +108,7 @@ def export_onnx(model: SATHMR, output: str | Path, meta: ExportMeta, simplify: b
             raise SathmrError("--int8 quantises the tokens graph of the two-stage export; the --static-budget graph "
                               "holds stage A too, which must stay fp32 (the token selection thresholds its output)")
     if (meta.batch is not None and meta.batch < 1) or meta.opset < DEFAULT_OPSET:
-        raise SathmrError(f"--batch must be >= 1 and --opset >= {DEFAULT_OPSET}")
+        raise SathmrError(f"--batch-size must be >= 1 and --opset >= {DEFAULT_OPSET}")
     output.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s (%s, %s) to %s", model.cfg.name, meta.layout, meta.precision, output)
     with export_state(model, meta.budget) as m, tempfile.TemporaryDirectory(dir=output.parent,

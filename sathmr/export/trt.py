@@ -21,12 +21,13 @@ from pathlib import Path
 from sathmr.errors import SathmrError
 from sathmr.export.meta import Artifact, ExportMeta, engine_bytes, read_artifact
 from sathmr.export.onnx import replace_folder
+from sathmr.formats import DEFAULT_TRT_MAX_BATCH
 from sathmr.io import atomic_write
 from sathmr.optional import require
 
 log = logging.getLogger("sathmr.export")
 #: largest batch the dynamic profiles are built for (a larger batch is run in chunks)
-DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_BATCH = DEFAULT_TRT_MAX_BATCH
 
 
 def profile_shapes(meta: ExportMeta, graph: str, max_batch: int) -> dict[str, tuple[tuple, tuple, tuple]]:

@@ -24,10 +24,8 @@ from sathmr.meshes import mesh_file_bytes
 from sathmr.postprocess import ImageResult, image_json
 from sathmr.preprocess import DEFAULT_MAX_PIXELS, Prepared, decode_image
 from sathmr.render import result_mosaic
-from sathmr.serve.batcher import BatchPolicy, DynamicBatcher
+from sathmr.serve.batcher import DEFAULT_MAX_BODY_BYTES, BatchPolicy, DynamicBatcher
 from sathmr.serve.metrics import Metrics
-
-DEFAULT_MAX_BODY_BYTES = 32 * 2 ** 20
 
 
 @dataclass(frozen=True)

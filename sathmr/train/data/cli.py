@@ -6,22 +6,22 @@ from pathlib import Path
 
 import click
 
-from sathmr.train.data.poses import POSE_PRIORS
-from sathmr.train.data.synthetic import HEIGHT_RANGE, MAX_PEOPLE, SPLITS, generate_dataset
+from sathmr.options import Group, output_option
+from sathmr.train.data.defaults import HEIGHT_RANGE, MAX_PEOPLE, POSE_PRIOR_NAMES, SPLITS
 
 
-@click.group("data")
+@click.group("data", cls=Group)
 def data() -> None:
     """Dataset tools: synthetic training data."""
 
 
-@data.command("synthetic")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="dataset root; images and annotations go to OUT/bedlam/ (BEDLAM layout)")
+@data.command("synthetic", renamed={"--out": "--output"})
+@output_option(type=click.Path(file_okay=False, path_type=Path),
+               help="Dataset root; images and annotations go to OUTPUT/bedlam/ (BEDLAM layout).")
 @click.option("--n", "n", default=100, show_default=True, type=click.IntRange(min=1), help="number of scenes")
 @click.option("--seed", default=0, show_default=True, type=int, help="scene i depends only on (seed, i)")
 @click.option("--smpl-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="SMPL folder; default: a synthetic one generated in OUT/smpl")
+              help="SMPL folder; default: a synthetic one generated in OUTPUT/smpl")
 @click.option("--size", default=448, show_default=True, type=click.IntRange(min=56), help="long image side")
 @click.option("--split", type=click.Choice(["both", "train", "val"]), default="both", show_default=True,
               help="train → bedlam train_6fps, val → validation_6fps; both: N training scenes plus N/10 "
@@ -31,16 +31,18 @@ def data() -> None:
               help="smallest apparent body height, as a fraction of the long side")
 @click.option("--max-height", default=HEIGHT_RANGE[1], show_default=True, type=float,
               help="largest apparent body height")
-@click.option("--poses", "pose_prior", type=click.Choice(list(POSE_PRIORS)), default="families", show_default=True,
+@click.option("--poses", "pose_prior", type=click.Choice(POSE_PRIOR_NAMES), default="families", show_default=True,
               help="families: standing, walking, sitting, ... with per-joint noise; uniform: every joint "
                    "independently uniform within anatomical limits (much harder)")
-def synthetic(out: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int,
+def synthetic(output: Path, n: int, seed: int, smpl_dir: Path | None, size: int, split: str, max_people: int,
               min_height: float, max_height: float, pose_prior: str) -> None:
     """Render N scenes of posed mannequins with exact SMPL ground truth."""
+    from sathmr.train.data.synthetic import generate_dataset
+
     # "both": validation scenes continue the training scenes' numbering, so the two never share a scene
     plan = [("train", n, 0), ("val", max(1, n // 10), n)] if split == "both" else [(split, n, 0)]
     for part, count, first in plan:
-        annot = generate_dataset(out, count, seed=seed, smpl_dir=smpl_dir, size=size, split=part,
+        annot = generate_dataset(output, count, seed=seed, smpl_dir=smpl_dir, size=size, split=part,
                                  max_people=max_people, first=first,
                                  height_range=(min_height, max_height), pose_prior=pose_prior)
         click.echo(f"wrote {count} scenes; annotations {annot}; read with --dataset bedlam:{SPLITS[part]}")
