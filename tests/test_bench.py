@@ -30,7 +30,7 @@ TINY = get_config("tiny")
 def bench_run(tmp_path_factory, tiny_export) -> tuple[dict, str, Path]:
     """torch and ort (the session's export of the same random weights bench builds) in their own processes."""
     out = tmp_path_factory.mktemp("bench")
-    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,torch:bf16,ort,ort:int8,trt",
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--random-weights", "--backend", "torch,torch:bf16,ort,ort:int8,trt",
                                     "--model", str(tiny_export.path),
                                     "--iters", "2", "--warmup", "1", "--threads", "1", "--scaling",
                                     "--scaling-iters", "1", "--plot", str(out / "scaling.png"),
