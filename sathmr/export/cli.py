@@ -58,18 +58,20 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
 
 
 def describe(art: Artifact) -> str:
+    from sathmr.export.meta import EMBEDDED_NOTE, is_embedded
     from sathmr.model.tokens import stage_lengths
 
     m = art.meta
+    note = f"\nnote: {EMBEDDED_NOTE}" if is_embedded(m) else ""
     head = (f"wrote {art.path}: config {m.cfg.name}, {m.layout}, {m.precision}, {m.target}, batch {m.batch or 'dynamic'}, "
             f"files {', '.join(f.name for f in art.files.values())}")
     if m.layout == "static":
         lengths = stage_lengths(m.budget)
         return (f"{head}; canvas {m.canvas_hw[0]}x{m.canvas_hw[1]}, budgets sat={m.budget.sat_cells} "
-                f"context={m.budget.context} (stage B {lengths['stage_b']} tokens, stage C {lengths['stage_c']})")
+                f"context={m.budget.context} (stage B {lengths['stage_b']} tokens, stage C {lengths['stage_c']}){note}")
     ax = m.axes()
     return (f"{head}; dynamic axes: images up to {m.cfg.input_size}x{m.cfg.input_size} in steps of "
-            f"{m.cfg.pad_multiple}, SAT cells 1..{ax['sat_cells'][1]}, context tokens 1..{ax['ctx_tokens'][1]}")
+            f"{m.cfg.pad_multiple}, SAT cells 1..{ax['sat_cells'][1]}, context tokens 1..{ax['ctx_tokens'][1]}{note}")
 
 
 @click.command("export", cls=Command, renamed={"--checkpoint": "--model", "--batch": "--batch-size",
