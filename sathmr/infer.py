@@ -129,15 +129,18 @@ class Summary:
         lines = [f"processed {self.processed} image(s){videos}, skipped {self.skipped} already done, "
                  f"failed {len(self.failed)}" + (" (interrupted: outputs so far are complete)" if self.interrupted else ""),
                  f"  processes: {self.processes}"]
-        for t, n in sorted(self.people.items()):
-            lines.append(f"  threshold {t:g}: {n} people")
+        if self.processed + self.frames:
+            lines += [f"  threshold {t:g}: {n} people" for t, n in sorted(self.people.items())]
+        elif self.skipped:
+            lines.append("  nothing new to run (--overwrite redoes finished inputs)")
         if self.tokens:
             lines.append(f"  tokens per image: mean {sum(self.tokens) / len(self.tokens):.0f} (min {min(self.tokens)}, max {max(self.tokens)})")
         if self.processed + self.frames:
             net = self.network_s / (self.processed + self.frames)
             lines.append(f"  time: {seconds:.1f} s total, network {net * 1000:.0f} ms/image")
         if self.pipeline is not None and self.pipeline.images:
-            lines.append(f"  pipeline: {self.pipeline.report()}")
+            unit = "frame(s)" if self.frames and not self.processed else "image(s) and frame(s)" if self.frames else "image(s)"
+            lines.append(f"  pipeline: {self.pipeline.report(unit)}")
         lines += [f"  failed: {f}" for f in self.failed]
         return "\n".join(lines)
 

@@ -46,10 +46,27 @@ def body_for(smpl_dir, data_root):
     return beside if beside.is_dir() else default_smpl_dir()
 
 
+#: metric → (unit, what it is), for the tables `sathmr eval` and `sathmr demo` print
+METRICS = {
+    "f1": ("", "detection F1 (a person is found when a prediction matches it)"),
+    "precision": ("", "found people among the predictions"),
+    "recall": ("", "people found among the ground truth"),
+    "mpjpe": ("mm", "mean per-joint position error of the matched people"),
+    "mve": ("mm", "mean vertex error of the matched people"),
+    "nmje": ("mm", "normalised MPJPE: MPJPE / F1 (penalises missed and false people)"),
+    "nmve": ("mm", "normalised MVE: MVE / F1"),
+    "pa_mpjpe": ("mm", "MPJPE after Procrustes alignment"),
+    "pa_mve": ("mm", "MVE after Procrustes alignment"),
+    "num_matched": ("", "people matched and measured"),
+}
+
+
 def metrics_table(metrics: dict) -> str:
-    keys = [k for k in ("f1", "precision", "recall", "mpjpe", "mve", "nmje", "nmve", "pa_mpjpe", "pa_mve", "num_matched") if k in metrics]
+    keys = [k for k in METRICS if k in metrics]
     width = max(len(k) for k in keys)
-    return "\n".join(f"{k:<{width}}  {metrics[k]}" for k in keys)
+    vals = {k: f"{metrics[k]} {METRICS[k][0]}".rstrip() for k in keys}
+    vwidth = max(len(v) for v in vals.values())
+    return "\n".join(f"{k:<{width}}  {vals[k]:<{vwidth}}  {METRICS[k][1]}" for k in keys)
 
 
 SMPL_DATA_HELP = "SMPL folder (default: the smpl/ folder `sathmr data synthetic` writes next to the data, else weights/smpl_data/smpl)."
