@@ -32,7 +32,9 @@ class TrackerConfig:
     w_pose: float = 0.2
     pelvis_norm_m: float = 1.0    # pelvis distance at which its term saturates (and the no-overlap gate)
     pose_norm_m: float = 0.3      # root-relative MPJPE at which the pose term saturates
-    dup_iou: float = 0.7          # an unmatched detection overlapping a matched one this much is a duplicate
+    # an unmatched detection overlapping a matched (or newly born) one this much is a duplicate; 0.4, not 0.7:
+    # the embedded model gives one mannequin 2-4 detections overlapping 0.4-0.7 (benchmarks/tracking.py)
+    dup_iou: float = 0.4
     momentum: float = 0.5         # weight of the old velocity in the velocity update (0: last step only)
 
     def __post_init__(self) -> None:

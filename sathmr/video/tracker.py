@@ -20,7 +20,8 @@ wrong there, and what is ours (the cost, the rules below) is small and tested.
 Rules:
 * **duplicates**: SAT-HMR has no NMS, so one person can come twice; a detection that overlaps (box IoU
   ``dup_iou`` or more) a detection matched to a confirmed track is that person again: it neither
-  matches a tentative track nor starts one (likewise for detections matched to tentative tracks).
+  matches a tentative track nor starts one (likewise for detections matched to tentative tracks); of
+  unmatched detections overlapping each other that much, only the best-scoring one starts a track.
 * **birth**: an unmatched detection that is not a duplicate starts a *tentative* track. A tentative
   track is *confirmed*, and gets the next integer id (1, 2, …), once it has been matched ``min_hits``
   times in a row; in the first ``min_hits`` frames of a stream every new track is
@@ -136,7 +137,11 @@ class Tracker:
             survivors.append(t)
         self.tracks = survivors
         new = [d for d in range(len(people)) if d not in matches and d not in duplicates]
-        for d in new:
+        born: dict[int, int] = {}
+        for d in sorted(new, key=lambda d: -people[d].score):       # the best of overlapping newcomers starts the track
+            if self._duplicates(people, {**matches, **born}, only=d):
+                continue
+            born[d] = -1
             box, pelvis, rel = _observation(people[d])
             track = Track(box, pelvis, rel, frame)
             if self.frames_seen <= c.min_hits:
@@ -145,9 +150,10 @@ class Tracker:
             owner[d] = track
         return [Tracked(owner[d].id, people[d]) for d in range(len(people)) if d in owner and owner[d].id > 0]
 
-    def _duplicates(self, people: Sequence[Person], matches: dict[int, int]) -> set[int]:
-        """Unmatched detections overlapping a matched one by ``dup_iou`` or more: the same person again."""
-        rest = [d for d in range(len(people)) if d not in matches]
+    def _duplicates(self, people: Sequence[Person], matches: dict[int, int], only: int | None = None) -> set[int]:
+        """Unmatched detections (or just ``only``) overlapping a matched one by ``dup_iou`` or more: the
+        same person again."""
+        rest = [d for d in range(len(people)) if d not in matches] if only is None else [only]
         if not rest or not matches:
             return set()
         taken = np.array([people[d].box for d in matches], dtype=np.float64)
