@@ -281,11 +281,13 @@ def parity_command(model_paths, backend_text, name_a, name_b, checkpoint, precis
         return load_backend(name, checkpoint=weights, model_path=choice.model_path, config=config, smpl_dir=smpl_dir,
                             device=device, **precision_kwargs(precision, allow_emulated=True, backend=name))
     be_a = side(name_a, None)
+    click.echo(f"a: {be_a.info.get('note') or be_a.info.get('path')}", err=True)
     pa = body = None
     items, names, reports = [], [], []
     for precision in precisions:
         be_b = side(name_b, precision)
         if body is None:
+            click.echo(f"b: {be_b.info.get('note') or be_b.info.get('path')}", err=True)
             body = load_body_for([be_a, be_b], smpl_dir, device)
             pa = Predictor(be_a, body, (threshold,))
             for it in iter_images(inputs):

@@ -188,6 +188,8 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, m
     be = load_backend(choice.backend, checkpoint=choice.checkpoint, model_path=choice.model_path, config=config,
                       smpl_dir=res.smpl_dir, device=group.device,
                       **precision_kwargs(precision, compile_, allow_emulated=True, backend=choice.backend))
+    if choice.model_path is not None:
+        group.echo(be.info["note"], err=True)       # an export says what it is (and whether it is the embedded default)
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")
