@@ -168,7 +168,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
     summary = Summary(people={t: 0 for t in plan.thresholds})
     video = video or VideoOptions()
     stop = stop or threading.Event()
-    bar = tqdm(desc="infer", unit="frame", disable=not progress)
+    bar = tqdm(desc="infer", unit="image", disable=not progress)
 
     def events():
         # outputs are never read back as input, even when the output folder lies inside the input tree
