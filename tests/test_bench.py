@@ -191,5 +191,7 @@ def test_bad_options_fail_with_one_line():
         parse_backends("torch,torch")
     res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,tensorflow"])
     assert res.exit_code == 2 and "tensorflow" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch", "--iters", "0"])
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--random-weights", "--backend", "torch", "--iters", "0"])
     assert res.exit_code == 2 and "--iters" in res.output
+    res = CliRunner().invoke(main, ["bench", "--config", "sat_644", "--backend", "torch"], env={"SATHMR_WEIGHTS": "/nonexistent"})
+    assert res.exit_code == 2 and "--random-weights" in res.output      # a config alone is no longer a random network

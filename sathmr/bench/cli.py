@@ -106,6 +106,9 @@ def bench_command(model_paths, backend_text, checkpoint, precision_text, config,
             raise SathmrError("--random-weights times an architecture without weights: drop the weights given")
     else:
         weights = weights or resolve(None, smpl_dir).checkpoint or EMBEDDED
+        if config is not None and weights == EMBEDDED:
+            raise SathmrError(f"--config {config}: the model is the embedded default, which has its own config; add "
+                              f"--random-weights to time the {config} architecture with random weights, or give -m WEIGHTS")
     log = lambda s: click.echo(s, err=True)  # noqa: E731 - progress on stderr, the table on stdout
     result = bench(names, config, inputs, None if random_weights else str(weights), smpl_dir, exported.get("onnx"),
                    exported.get("engine"), batch_size, iters, warmup, threads, device, scaling, scaling_iters,
