@@ -54,23 +54,23 @@ def run_cli(args: list[str], log) -> str:
 def scenes_part(work: Path, n: int, log) -> dict:
     """The embedded model on ``n`` synthetic validation scenes: eval per precision, parity against fp32."""
     data = work / "scenes"
-    run_cli(["data", "synthetic", "--out", str(data), "--n", str(n), "--split", "val"], log)
+    run_cli(["data", "synthetic", "-o", str(data), "--n", str(n), "--split", "val"], log)
     int8 = work / "embedded_int8"
     run_cli(["export", "-o", str(int8), "--int8", "--smpl-dir", str(data / "smpl")], log)
     evals = {}
     for backend, precision in SCENE_ENTRIES:
         out = work / f"eval_{backend}_{precision}.json"
         extra = ["--model", str(int8)] if backend == "ort" else ["--precision", precision]
-        run_cli(["eval", "--data", str(data), "--dataset", "bedlam:validation_6fps", "--backend", backend, *extra,
+        run_cli(["eval", "-i", str(data), "--dataset", "bedlam:validation_6fps", "--backend", backend, *extra,
                  "--threshold", str(SCENE_THRESHOLD), "--json", str(out)], log)
         evals[f"{backend}:{precision}"] = json.loads(out.read_text())
     images = next((data / "bedlam").rglob("*.png"), None) or next((data / "bedlam").rglob("*.jpg"))
     folder = images.parent
     parity = {}
-    for label, extra in (("torch:bf16", ["--b", "torch", "--precision", "bf16"]),
-                         ("ort:int8", ["--b", "ort", "--model", str(int8)])):
+    for label, extra in (("torch:bf16", ["--backend", "torch,torch", "--precision", "bf16"]),
+                         ("ort:int8", ["--backend", "torch,ort", "--model", str(int8)])):
         out = work / f"parity_{label.replace(':', '_')}.json"
-        run_cli(["parity", "--a", "torch", *extra, "--smpl-dir", str(data / "smpl"), "-i", str(folder),
+        run_cli(["parity", *extra, "--smpl-dir", str(data / "smpl"), "-i", str(folder),
                  "-t", str(SCENE_THRESHOLD), "--json", str(out)], log)
         parity[label] = json.loads(out.read_text())["accuracy"]
     return {"scenes": n, "images": str(folder), "eval": evals, "parity": parity}

@@ -126,7 +126,7 @@ def final_eval(model_path: Path, data: Path, smpl_dir: Path, out: Path) -> dict:
     res = {}
     for t in THRESHOLDS:
         js = out / f"eval_test_{t}.json"
-        cmd = [sys.executable, "-m", "sathmr", "eval", "--data", str(data), "--checkpoint", str(model_path),
+        cmd = [sys.executable, "-m", "sathmr", "eval", "-i", str(data), "--checkpoint", str(model_path),
                "--smpl-dir", str(smpl_dir), "--json", str(js)] + (["--threshold", str(t)] if t != 0.5 else [])
         subprocess.run(cmd, check=True, env=env)
         res[str(t)] = json.loads(js.read_text())

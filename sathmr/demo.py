@@ -12,22 +12,24 @@ from pathlib import Path
 
 import click
 
-from sathmr.api import Predictor, load_predictor
-from sathmr.infer import OutputPlan, run_infer
-from sathmr.train.cli import metrics_table, open_sets
-from sathmr.train.data.pipeline import BodyModels
-from sathmr.train.data.synthetic import generate_dataset
-from sathmr.train.engine import evaluate
-from sathmr.weights import resolve
+from sathmr.options import Command, input_option, output_option, threshold_option
 
 
-@click.command("demo")
-@click.option("--output", "-o", default="demo_out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--input", "-i", "inputs", type=click.Path(exists=True), help="Also run on these images (file or folder).")
-@click.option("--scenes", type=int, default=8, show_default=True, help="Synthetic scenes to render and evaluate.")
-@click.option("--threshold", "-t", type=float, default=0.3, show_default=True, help="Detection threshold (the original demo uses 0.3).")
+@click.command("demo", cls=Command)
+@output_option(required=False, default="demo_out", show_default=True, type=click.Path(file_okay=False))
+@input_option(required=False, type=click.Path(exists=True), help="Also run on these images (file or folder).")
+@click.option("--scenes", type=click.IntRange(min=1), default=8, show_default=True, help="Synthetic scenes to render and evaluate.")
+@threshold_option(help="Detection threshold (the original demo uses 0.3).")
 def demo_command(output, inputs, scenes, threshold):
     """Run inference, overlays and an evaluation table on synthetic scenes (and your images)."""
+    from sathmr.api import Predictor, load_predictor
+    from sathmr.infer import OutputPlan, run_infer
+    from sathmr.train.cli import metrics_table, open_sets
+    from sathmr.train.data.pipeline import BodyModels
+    from sathmr.train.data.synthetic import generate_dataset
+    from sathmr.train.engine import evaluate
+    from sathmr.weights import resolve
+
     out = Path(output)
     res = resolve(None, None)
     click.echo(res.note)

@@ -16,9 +16,11 @@ from pathlib import Path
 import click
 
 from sathmr.errors import SathmrError
-from sathmr.export.meta import STAGES
-from sathmr.weights import checkpoint_path
-from sathmr.zoo.local import locate
+
+STAGES = ("scale_map", "tokens")     # the graphs of a two-stage export (sathmr.export.meta.STAGES is this)
+DEFAULT_OPSET = 18                   # of `sathmr export` (sathmr.export.meta.DEFAULT_OPSET is this)
+DEFAULT_TRT_MAX_BATCH = 1            # largest batch of a TensorRT engine's profiles (sathmr.export.trt.DEFAULT_MAX_BATCH)
+TRT_ACTIVATION_BUDGET_GB = 8.0       # one attention-score tensor at a TensorRT profile's maxima (sathmr.export.trt)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ def choose_model(model: str | Path | None = None, backend: str | None = None,
             given = f" ({checkpoint} is {FORMATS['checkpoint'].what}: export it with `sathmr export`)" if checkpoint else ""
             raise SathmrError(f"--backend {backend} runs {fmt.what}: pass it with --model{given}")
         return ModelChoice(backend or "torch", FORMATS["checkpoint"], None, None)
+    from sathmr.weights import checkpoint_path  # at call time: the CLI's options import this module
+    from sathmr.zoo.local import locate
+
     path = locate(model, "checkpoint" if Path(model).suffix in FORMATS["checkpoint"].suffixes else "model")
     fmt = detect(path)
     backend = backend or fmt.backend_names[0]
@@ -124,15 +129,60 @@ def choose_model(model: str | Path | None = None, backend: str | None = None,
     return ModelChoice(backend, fmt, None if checkpoint is None else checkpoint_path(checkpoint), path)
 
 
+def choose_models(models: tuple[str, ...], backends: list[str], checkpoint: str | Path | None = None) -> dict[str, ModelChoice]:
+    """Several backends on the same model (bench, parity): each backend gets the ``--model`` of its format.
+
+    A torch backend runs the weights given (a weights ``--model`` or ``--checkpoint``; None: the default,
+    or what the caller finds an export was made from); an exported backend runs the export of its format
+    given, or None (bench exports one on the fly, parity refuses). Every export given is checked against
+    the weights (``checkpoint`` of its choice) when it is loaded.
+    """
+    for b in backends:
+        format_of_backend(b)                                   # unknown names fail before any file is looked at
+    given = [choose_model(m) for m in models]
+    weights = [c.checkpoint for c in given if c.format.name == "checkpoint"]
+    if checkpoint is not None:
+        from sathmr.weights import checkpoint_path
+
+        weights.append(checkpoint_path(checkpoint))
+    if len(weights) > 1:
+        raise SathmrError(f"two sets of weights given ({', '.join(map(str, weights))}): give one")
+    ckpt = weights[0] if weights else None
+    out: dict[str, ModelChoice] = {}
+    for b in backends:
+        fmt = format_of_backend(b)
+        exports = [c.model_path for c in given if c.format is fmt and fmt.name != "checkpoint"]
+        if len(exports) > 1:
+            raise SathmrError(f"two {fmt.what}s given for {b} ({', '.join(map(str, exports))}): give one")
+        out[b] = ModelChoice(b, fmt, ckpt, exports[0] if exports else None)
+    unused = [c.model_path for c in given if c.format.name != "checkpoint" and
+              not any(o.model_path == c.model_path for o in out.values())]
+    if unused:
+        raise SathmrError(f"--model {unused[0]}: no --backend given runs it ({', '.join(backends)}); add "
+                          f"{detect(unused[0]).backend_names[0]}")
+    return out
+
+
 MODEL_HELP = ("What to run: SAT-HMR weights (.pth/.safetensors), an export (two-stage folder, .onnx, .engine) or a "
               "name from `sathmr models`; it implies the backend. Default: the first official checkpoint in "
               "weights/, else the embedded model.")
 
 
-def model_options(command):
-    """``--model``, ``--backend`` (an override) and ``--checkpoint`` (an alias), the same in every command."""
-    command = click.option("--checkpoint", default=None, help="Alias of --model for weights; next to an exported "
-                           "--model, the weights it must have been exported from.")(command)
-    command = click.option("--backend", type=click.Choice(list(BACKENDS)), default=None, help="Override the backend "
-                           "the model implies (torch-static: weights with fixed token budgets).")(command)
-    return click.option("--model", "model_path", default=None, help=MODEL_HELP)(command)
+def model_options(command=None, *, several: bool = False, backend_default: str | None = None):
+    """``-m/--model``, ``--backend`` (an override of what the model implies) and ``--checkpoint`` (an alias of
+    ``--model`` for weights; next to an export, the weights it must have been made from), the same in every
+    command. ``several`` (bench, parity): ``--model`` repeatable (weights and exports side by side) and
+    ``--backend`` a comma list of the backends to compare."""
+    def decorate(cmd):
+        cmd = click.option("--checkpoint", default=None, help="Alias of --model for weights; next to an exported "
+                           "--model, the weights it must have been exported from.")(cmd)
+        if several:
+            cmd = click.option("--backend", "backend_text", default=backend_default, show_default=True,
+                               help=f"Comma-separated backends to compare ({', '.join(BACKENDS)}); each runs the "
+                                    "--model of its format (torch: the weights; an exported one: the export).")(cmd)
+            return click.option("--model", "-m", "model_paths", multiple=True,
+                                help=MODEL_HELP + " Repeat to give weights and exports side by side.")(cmd)
+        cmd = click.option("--backend", type=click.Choice(list(BACKENDS)), default=None, help="Override the backend "
+                           "the model implies (torch-static: weights with fixed token budgets).")(cmd)
+        return click.option("--model", "-m", "model_path", default=None, help=MODEL_HELP)(cmd)
+    return decorate(command) if command is not None else decorate

@@ -11,32 +11,32 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
-import torch
-from tqdm import tqdm
 
-from sathmr.anim import parse_anim_formats, write_animations
-from sathmr.api import Predictor, load_predictor
-from sathmr.distributed import ProcessGroup, start
 from sathmr.errors import SathmrError
 from sathmr.formats import model_options
-from sathmr.io import VideoSource, ensure_writable, iter_inputs, write_json, write_npz, write_png
-from sathmr.meshes import write_meshes
-from sathmr.pipeline import Failed, PipelineStats, Skipped, Work, run_pipeline, stop_on_sigint
-from sathmr.postprocess import ImageResult, image_json
+from sathmr.input_files import DEFAULT_MAX_PIXELS
+from sathmr.options import (
+    Command,
+    batch_size_option,
+    config_options,
+    device_option,
+    input_option,
+    output_option,
+    threads_option,
+    threshold_option,
+)
 from sathmr.precision import precision_options
-from sathmr.preprocess import DEFAULT_MAX_PIXELS
-from sathmr.render import result_mosaic
-from sathmr.render_raster import index_colors
-from sathmr.smpl_params import write_smpl_params
-from sathmr.video.run import VideoOutputs, video_events
-from sathmr.video.sink import VideoOptions
-from sathmr.video.smoothing import SmoothConfig
-from sathmr.video.source import FrameLimits
-from sathmr.video.tracker import TrackerConfig
-from sathmr.video.udp import parse_udp_url
+from sathmr.video.config import SmoothConfig, TrackerConfig
+
+if TYPE_CHECKING:    # the heavy modules load inside the functions, so that `sathmr infer --help` is instant
+    from sathmr.api import Predictor
+    from sathmr.distributed import ProcessGroup
+    from sathmr.pipeline import PipelineStats
+    from sathmr.postprocess import ImageResult
+    from sathmr.video.sink import VideoOptions
 
 
 @dataclass
@@ -73,6 +73,13 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
                  track_ids: dict[float, list[int]] | None = None) -> None:
     """One image's files; ``track_ids`` (per threshold, one per person: a video frame) colour and label
     people by track and add ``track_id`` to their JSON."""
+    from sathmr.io import write_json, write_npz, write_png
+    from sathmr.meshes import write_meshes
+    from sathmr.postprocess import image_json
+    from sathmr.render import result_mosaic
+    from sathmr.render_raster import index_colors
+    from sathmr.smpl_params import write_smpl_params
+
     cfg = predictor.cfg
     faces = predictor.body_model.faces
     if plan.raw:
@@ -123,15 +130,18 @@ class Summary:
         lines = [f"processed {self.processed} image(s){videos}, skipped {self.skipped} already done, "
                  f"failed {len(self.failed)}" + (" (interrupted: outputs so far are complete)" if self.interrupted else ""),
                  f"  processes: {self.processes}"]
-        for t, n in sorted(self.people.items()):
-            lines.append(f"  threshold {t:g}: {n} people")
+        if self.processed + self.frames:
+            lines += [f"  threshold {t:g}: {n} people" for t, n in sorted(self.people.items())]
+        elif self.skipped:
+            lines.append("  nothing new to run (--overwrite redoes finished inputs)")
         if self.tokens:
-            lines.append(f"  tokens per image: mean {np.mean(self.tokens):.0f} (min {min(self.tokens)}, max {max(self.tokens)})")
+            lines.append(f"  tokens per image: mean {sum(self.tokens) / len(self.tokens):.0f} (min {min(self.tokens)}, max {max(self.tokens)})")
         if self.processed + self.frames:
             net = self.network_s / (self.processed + self.frames)
             lines.append(f"  time: {seconds:.1f} s total, network {net * 1000:.0f} ms/image")
         if self.pipeline is not None and self.pipeline.images:
-            lines.append(f"  pipeline: {self.pipeline.report()}")
+            unit = "frame(s)" if self.frames and not self.processed else "image(s) and frame(s)" if self.frames else "image(s)"
+            lines.append(f"  pipeline: {self.pipeline.report(unit)}")
         lines += [f"  failed: {f}" for f in self.failed]
         return "\n".join(lines)
 
@@ -139,7 +149,7 @@ class Summary:
 def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_size: int = 1,
               overwrite: bool = False, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
               video: VideoOptions | None = None, threaded: bool = True,
-              stop: threading.Event | None = None, group: ProcessGroup = ProcessGroup()) -> Summary:
+              stop: threading.Event | None = None, group: ProcessGroup | None = None) -> Summary:
     """Every input unit of this process's share (an image, or a whole video: :meth:`ProcessGroup.shard`)
     through the predictor; a bad input is reported, listed in the summary and skipped.
 
@@ -147,10 +157,20 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
     first Ctrl-C) ends the inputs; what was read is still written. ``threaded=False`` runs the same
     stages in turn in this thread (the serial baseline of the benchmarks).
     """
+    from tqdm import tqdm
+
+    from sathmr.anim import write_animations
+    from sathmr.distributed import ProcessGroup
+    from sathmr.io import VideoSource, iter_inputs
+    from sathmr.pipeline import Failed, Skipped, Work, run_pipeline, stop_on_sigint
+    from sathmr.video.run import VideoOutputs, video_events
+    from sathmr.video.sink import VideoOptions
+
+    group = group or ProcessGroup()
     summary = Summary(people={t: 0 for t in plan.thresholds})
     video = video or VideoOptions()
     stop = stop or threading.Event()
-    bar = tqdm(desc="infer", unit="frame", disable=not progress)
+    bar = tqdm(desc="infer", unit="image", disable=not progress)
 
     def events():
         # outputs are never read back as input, even when the output folder lies inside the input tree
@@ -208,18 +228,16 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
     return summary
 
 
-@click.command("infer")
-@click.option("--input", "-i", "inputs", required=True, help="Image, video, folder (recursive), glob pattern in quotes "
-              "('photos/**/*.jpg'), a .txt/.lst file listing paths, one per line, a webcam index (0) or a stream URL "
-              "(rtsp://..., http://...).")
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.command("infer", cls=Command)
+@input_option(help="Image, video, folder (recursive), glob pattern in quotes ('photos/**/*.jpg'), a .txt/.lst file "
+              "listing paths, one per line, a webcam index (0) or a stream URL (rtsp://..., http://...).")
+@output_option(type=click.Path(file_okay=False))
 @model_options
 @precision_options()
-@click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
-@click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl).")
-@click.option("--threshold", "-t", "thresholds", type=float, multiple=True, default=(0.3,), show_default=True, help="Detection threshold; repeat for several.")
-@click.option("--batch-size", "-b", type=int, default=1, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@config_options
+@threshold_option(name="thresholds", multiple=True, default=(0.3,), help="Detection threshold; repeat for several (default 0.3).")
+@batch_size_option()
+@device_option()
 @click.option("--save-mesh", type=click.Choice(["obj", "glb"]), is_flag=False, flag_value="obj", default=None, help="Write meshes per image (default format obj).")
 @click.option("--save-anim", default=None, metavar="glb,bvh", help="Videos: <name>_anim.glb (every track, skinned and animated) and/or <name>_<track>.bvh per threshold.")
 @click.option("--save-smpl", is_flag=True, help="Write <name>_smpl.npz per image and threshold: SMPL parameters smplx loads as they are.")
@@ -243,8 +261,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
               "(default: on for webcams and rtsp/rtmp/udp/srt/tcp streams, off for files and http).")
 @click.option("--stream", "stream_url", default=None, metavar="udp://HOST:PORT",
               help="Publish one JSON message per video frame (track ids, SMPL parameters, joints) over UDP.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="PyTorch intra-op threads for the network (default: PyTorch's, one per core).")
+@threads_option(help="PyTorch intra-op threads for the network (default: PyTorch's, one per core).")
 @click.option("--no-pipeline", is_flag=True, help="Decode, run and write in turn in one thread (for comparison).")
 def infer_command(inputs, output, backend, precision, compile_, checkpoint, model_path, config, smpl_dir, thresholds, batch_size, device,
                   save_mesh, save_anim, save_smpl, save_raw, no_overlay, overwrite, max_pixels, per_frame, no_smooth,
@@ -252,8 +269,16 @@ def infer_command(inputs, output, backend, precision, compile_, checkpoint, mode
                   no_pipeline):
     """Detect people and estimate their SMPL meshes; track and smooth them in videos (several processes:
     `torchrun --nproc-per-node N -m sathmr infer ...`)."""
-    if batch_size < 1:
-        raise SathmrError("--batch-size must be >= 1")
+    import torch
+
+    from sathmr.anim import parse_anim_formats
+    from sathmr.api import load_predictor
+    from sathmr.distributed import start
+    from sathmr.io import ensure_writable
+    from sathmr.video.sink import VideoOptions
+    from sathmr.video.source import FrameLimits
+    from sathmr.video.udp import parse_udp_url
+
     anim = parse_anim_formats(save_anim) if save_anim else ()
     video = VideoOptions(tracker=TrackerConfig(max_missed=track_max_missed),
                          smooth=None if no_smooth else SmoothConfig(smooth_min_cutoff, smooth_beta),

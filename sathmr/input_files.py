@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from sathmr.errors import SathmrError
 
 LIST_SUFFIXES = (".txt", ".lst")   # an --input with one of these suffixes lists paths, one per line
+DEFAULT_MAX_PIXELS = 250_000_000    # a 200-megapixel phone photo passes; decoding it takes ~0.6 GB
 GLOB_CHARS = "*?["                 # an --input that does not exist and has one of these is a pattern
 
 

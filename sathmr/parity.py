@@ -21,18 +21,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from sathmr.api import Predictor, load_body_for
-from sathmr.backends import BACKENDS, Backend, open_model
 from sathmr.errors import SathmrError
-from sathmr.io import iter_images, write_json
-from sathmr.postprocess import box_iou
-from sathmr.precision import parse_precisions, precision_kwargs
-from sathmr.preprocess import Prepared
+from sathmr.formats import BACKENDS, model_options
+from sathmr.options import Command, config_options, device_option, input_option, threshold_option
+from sathmr.precision import precision_options
+
+if TYPE_CHECKING:        # torch loads when a comparison runs, not for `sathmr parity --help`
+    from sathmr.api import Predictor
+    from sathmr.backends import Backend
+    from sathmr.preprocess import Prepared
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
 DECODED_OUTPUTS = ("pred_poses", "pred_transl", "pred_j3ds", "pred_j2ds", "pred_verts", "pred_depths")
@@ -176,6 +178,10 @@ def compare_outputs(name: str, cells: tuple[int, int], a: tuple[dict, dict], b: 
 
     ca, cb = da["pred_confs"][0, :, 0], db["pred_confs"][0, :, 0]
     qa, qb = np.flatnonzero(ca > threshold), np.flatnonzero(cb > threshold)
+    from scipy.optimize import linear_sum_assignment
+
+    from sathmr.postprocess import box_iou
+
     iou = box_iou(xyxy(da["pred_boxes"][0, qa]).reshape(-1, 4), xyxy(db["pred_boxes"][0, qb]).reshape(-1, 4))
     rows, cols = linear_sum_assignment(-iou) if iou.size else (np.zeros(0, int), np.zeros(0, int))
     good = iou[rows, cols] >= MATCH_IOU if iou.size else np.zeros(0, bool)
@@ -234,40 +240,54 @@ def precision_table(reports: list[ParityReport]) -> str:
                       "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
-@click.command("parity")
-@click.option("--a", "name_a", type=click.Choice(list(BACKENDS)), default="torch", show_default=True)
-@click.option("--b", "name_b", type=click.Choice(list(BACKENDS)), default="ort", show_default=True)
-@click.option("--precision", "precision_text", default=None,
-              help="Side b at these precisions (comma-separated: fp32,bf16,fp16), each against side a in fp32; "
-                   "bf16 runs emulated where the CPU lacks it (accuracy figures hold).")
-@click.option("--model", "model_path", help="Exported model (folder or file) for an ort/trt side.")
-@click.option("--checkpoint", help="Weights (path or name from `sathmr models`) of a torch side, and what an "
-              "exported side must come from (default: weights/ or embedded).")
-@click.option("--config", default=None, help="Model config of an official checkpoint.")
-@click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (must match the exported model's).")
-@click.option("--input", "-i", "inputs", required=True, type=click.Path(exists=True), help="Image or folder of images.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--threshold", "-t", type=float, default=0.3, show_default=True, help="Detection threshold for the people comparison.")
+@click.command("parity", cls=Command)
+@model_options(several=True, backend_default="torch,ort")
+@click.option("--a", "name_a", type=click.Choice(list(BACKENDS)), default=None, hidden=True)    # old spelling
+@click.option("--b", "name_b", type=click.Choice(list(BACKENDS)), default=None, hidden=True)    # old spelling
+@precision_options("list", compile=False)
+@config_options
+@input_option(type=click.Path(exists=True), help="Image or folder of images.")
+@device_option()
+@threshold_option(help="Detection threshold for the people comparison.")
 @click.option("--tol-mm", type=float, default=None,
               help=f"Max per-person mean joint/vertex error (default {TOL_MM['fp32']:g} between fp32 sides, which agree "
                    f"to ~1e-3 mm; {TOL_MM['reduced']:g} when a side runs a reduced precision).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
-def parity_command(name_a, name_b, precision_text, model_path, checkpoint, config, smpl_dir, inputs, device, threshold,
-                   tol_mm, json_path):
-    """Run the same images through two backends and compare outputs; exit 1 when over tolerance."""
-    precisions = parse_precisions(precision_text)
+def parity_command(model_paths, backend_text, name_a, name_b, checkpoint, precision_text, config, smpl_dir, inputs,
+                   device, threshold, tol_mm, json_path):
+    """Run the same images through two backends (--backend A,B: side a, side b) on the same model and
+    compare outputs; side b runs at each --precision against side a in fp32. Exit 1 when over tolerance."""
+    from sathmr.api import Predictor, load_body_for
+    from sathmr.backends import load_backend, weights_behind
+    from sathmr.formats import choose_models
+    from sathmr.io import iter_images, write_json
+    from sathmr.precision import parse_precisions, precision_kwargs
 
-    def side(name: str, precision: str | None):   # a torch side runs the weights; an exported one --model, checked
-        exported = BACKENDS[name][0]
-        return open_model(model_path if exported else checkpoint, name, checkpoint=checkpoint if exported else None,
-                          config=config, smpl_dir=smpl_dir, device=device,
-                          **precision_kwargs(precision, allow_emulated=True, backend=name))
+    sides = [n.strip() for n in backend_text.split(",") if n.strip()]
+    if name_a or name_b:
+        click.echo("note: --a/--b are now --backend A,B; the old names go in a later release", err=True)
+        sides = [name_a or sides[0], name_b or sides[1]]
+    if len(sides) != 2:
+        raise SathmrError(f"--backend {backend_text}: parity compares two backends, e.g. --backend torch,ort")
+    name_a, name_b = sides
+    precisions = parse_precisions(precision_text)
+    choices = choose_models(model_paths, sides, checkpoint)
+    weights = weights_behind(choices)
+
+    def side(name: str, precision: str | None):   # a torch side runs the weights; an exported one its --model, checked
+        choice = choices[name]
+        if choice.format.name != "checkpoint" and choice.model_path is None:
+            raise SathmrError(f"--backend {name} runs {choice.format.what}: pass one with --model (`sathmr export`)")
+        return load_backend(name, checkpoint=weights, model_path=choice.model_path, config=config, smpl_dir=smpl_dir,
+                            device=device, **precision_kwargs(precision, allow_emulated=True, backend=name))
     be_a = side(name_a, None)
+    click.echo(f"a: {be_a.info.get('note') or be_a.info.get('path')}", err=True)
     pa = body = None
     items, names, reports = [], [], []
     for precision in precisions:
         be_b = side(name_b, precision)
         if body is None:
+            click.echo(f"b: {be_b.info.get('note') or be_b.info.get('path')}", err=True)
             body = load_body_for([be_a, be_b], smpl_dir, device)
             pa = Predictor(be_a, body, (threshold,))
             for it in iter_images(inputs):

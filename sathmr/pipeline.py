@@ -74,9 +74,9 @@ class PipelineStats:
         """Fraction of the wall time the network was running."""
         return self.network_s / self.wall_s if self.wall_s > 0 else 0.0
 
-    def report(self) -> str:
+    def report(self, unit: str = "image(s)") -> str:
         mode = "pipelined" if self.threaded else "serial"
-        return (f"{self.images} frame(s) in {self.wall_s:.1f} s ({mode}, {self.images / max(self.wall_s, 1e-9):.2f}/s): "
+        return (f"{self.images} {unit} in {self.wall_s:.1f} s ({mode}, {self.images / max(self.wall_s, 1e-9):.2f}/s): "
                 f"network busy {100 * self.busy:.0f} % of the wall time "
                 f"({100 * self.batch_s / max(self.wall_s, 1e-9):.0f} % with decoding), "
                 f"{self.cpu_s / max(self.wall_s, 1e-9):.1f} cores used")

@@ -105,7 +105,7 @@ class Person:
     def to_json(self) -> dict:
         return {
             "query": self.query, "score": round(self.score, 6), "box_xyxy": [round(v, 3) for v in self.box],
-            "smpl": {"global_orient": self.pose[0].tolist(), "body_pose": self.pose[1:].tolist(),
+            "smpl": {"global_orient": self.pose[0].tolist(), "body_pose": self.pose[1:].reshape(-1).tolist(),
                      "betas": self.betas.tolist(), "transl": self.transl.tolist()},
             "joints3d": np.round(self.joints3d, 6).tolist(),
             "joints2d": np.round(self.joints2d, 3).tolist(),

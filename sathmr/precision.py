@@ -19,21 +19,22 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
 from sathmr.errors import SathmrError
-from sathmr.export.meta import PRECISIONS
-from sathmr.hardware import not_native
+
+if TYPE_CHECKING:       # torch is imported where a precision is applied, so the CLI's options load without it
+    import torch
 
 #: precisions of the PyTorch backends (the reduced ones apply to stages B/C, decoder and heads)
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 #: precisions an exported model can have
-EXPORT_PRECISIONS = PRECISIONS
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 ALL_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS))
 TORCH_BACKENDS = ("torch", "torch-static")
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}   # autocast dtype of stages B/C (torch.<name>)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,10 @@ class PrecisionPlan:
     @property
     def dtype(self) -> torch.dtype | None:
         """The autocast dtype of stages B/C (None: plain float32, no autocast at all)."""
-        return DTYPES[self.name]
+        import torch
+
+        name = DTYPE_NAMES[self.name]
+        return None if name is None else getattr(torch, name)
 
     @property
     def label(self) -> str:
@@ -61,6 +65,10 @@ class PrecisionPlan:
 def plan_precision(precision: str, device: torch.device | str, allow_emulated: bool = False) -> PrecisionPlan:
     """Check ``precision`` against the device. Emulated bf16 is refused unless ``allow_emulated`` (then it
     warns, and the plan's label says so); fp16 on a CPU is always refused."""
+    import torch
+
+    from sathmr.hardware import not_native
+
     device = torch.device(device)
     if precision not in TORCH_PRECISIONS:
         hint = " (int8 is an exported model: `sathmr export --int8`, then --backend ort)" if precision == "int8" else ""
@@ -115,17 +123,22 @@ PRECISION_HELP = {
              "an export: its own precision (checked; `sathmr export --fp16/--int8` makes others).",
     "accuracy": "torch: fp32 (default), bf16 or fp16 after the token selection (bf16 runs emulated on CPUs without it: "
                 "the figures hold, the speed does not); an export: its own precision (checked).",
+    "list": "Comma-separated precisions (fp32,bf16,fp16,int8), compared side by side (bf16 runs emulated on CPUs "
+            "without it: the accuracy figures hold).",
 }
 
 
 def precision_options(purpose: str = "speed", compile: bool = True):
     """``--precision`` (and ``--compile``) next to a command's model options; ``purpose`` "accuracy" where
-    emulated bf16 is allowed (eval), "speed" where it is refused (infer)."""
+    emulated bf16 is allowed (eval), "speed" where it is refused (infer), "list" for a comma list (bench,
+    parity: the text is parsed by :func:`sathmr.precision.parse_precisions`)."""
     def decorate(command):
         if compile:
             command = click.option("--compile", "compile_", is_flag=True,
                                    help="torch: run the network through torch.compile (the first images compile it; "
                                         "off by default).")(command)
+        if purpose == "list":
+            return click.option("--precision", "precision_text", default=None, help=PRECISION_HELP[purpose])(command)
         return click.option("--precision", type=click.Choice(ALL_PRECISIONS), default=None,
                             help=PRECISION_HELP[purpose])(command)
     return decorate

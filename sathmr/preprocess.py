@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from sathmr.errors import SathmrError
+from sathmr.input_files import DEFAULT_MAX_PIXELS
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-DEFAULT_MAX_PIXELS = 250_000_000    # a 200-megapixel phone photo passes; decoding it takes ~0.6 GB
 JPEG_SOI = b"\xff\xd8"
 
 

@@ -194,13 +194,14 @@ def overlay_mosaic(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, scores: np.nda
                    verts: np.ndarray | Sequence[np.ndarray], faces: np.ndarray, K: np.ndarray,
                    scale_map: np.ndarray, conf_thresh: float, token_yx: np.ndarray,
                    token_lvl: np.ndarray, patch: int, colors: np.ndarray | None = None,
-                   labels: Sequence[str] | None = None) -> np.ndarray:
+                   labels: Sequence[str] | None = None, titles: Sequence[str] | None = None) -> np.ndarray:
     """The official demo's 2x2 mosaic, (2h, 2w, 3) BGR uint8.
 
     Top-left boxes and scores, top-right meshes, bottom-left scale map (level-1 cells of 2*patch px),
     bottom-right the selected tokens. All inputs are in pixels of the resized image ``image_bgr``.
     ``colors`` (N, 3) BGR and ``labels`` override the per-rank mesh colours and the score captions
-    (videos colour and label people by track id).
+    (videos colour and label people by track id). ``titles`` (four, in that order) name the panels in
+    their bottom-left corners.
     """
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
@@ -213,11 +214,24 @@ def overlay_mosaic(image_bgr: np.ndarray, boxes_xyxy: np.ndarray, scores: np.nda
         raise SathmrError(f"{len(boxes)} boxes but {len(scores)} scores")
     if labels is not None and len(labels) != len(scores):
         raise SathmrError(f"{len(labels)} labels but {len(scores)} scores")
-    top = np.concatenate([draw_boxes(image_bgr, boxes, scores, labels),
-                          render_meshes(image_bgr, verts, faces, K, colors)], 1)
-    bottom = np.concatenate([draw_scale_map(image_bgr, scale_map, conf_thresh, 2 * patch),
-                             draw_tokens(image_bgr, token_yx, token_lvl, patch)], 1)
-    return np.concatenate([top, bottom], 0)
+    panels = [draw_boxes(image_bgr, boxes, scores, labels), render_meshes(image_bgr, verts, faces, K, colors),
+              draw_scale_map(image_bgr, scale_map, conf_thresh, 2 * patch), draw_tokens(image_bgr, token_yx, token_lvl, patch)]
+    for panel, title in zip(panels, titles or ()):
+        _title(panel, title)
+    return np.concatenate([np.concatenate(panels[:2], 1), np.concatenate(panels[2:], 1)], 0)
+
+
+#: what the four panels of an inference overlay show
+PANEL_TITLES = ("people (box, score)", "SMPL meshes", "scale map (confident cells)", "selected tokens")
+
+
+def _title(img: np.ndarray, text: str) -> None:
+    """``text`` in white on a dark strip in the bottom-left corner of ``img``, in place."""
+    (tw, th), base = cv2.getTextSize(text, _FONT, 0.45, 1)
+    h, w = img.shape[:2]
+    x1, y0 = min(w, tw + 8), max(0, h - th - base - 8)
+    img[y0:, :x1] = _to_u8(_blend(img[y0:, :x1], np.zeros(3, np.float32), 0.45))
+    cv2.putText(img, text, (4, h - base - 4), _FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def result_mosaic(res: ImageResult, people: Sequence[Person], faces: np.ndarray, conf_thresh: float, patch: int,
@@ -231,4 +245,4 @@ def result_mosaic(res: ImageResult, people: Sequence[Person], faces: np.ndarray,
         colors = index_colors(np.asarray(track_ids))
         labels = [f"#{t} {p.score:.2f}" for t, p in zip(track_ids, people)]
     return overlay_mosaic(res.resized_bgr, boxes, np.array([p.score for p in people]), verts, faces, res.intrinsics,
-                          res.scale_map, conf_thresh, res.tok_yx, res.tok_lvl, patch, colors, labels)
+                          res.scale_map, conf_thresh, res.tok_yx, res.tok_lvl, patch, colors, labels, PANEL_TITLES)

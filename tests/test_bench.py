@@ -26,11 +26,26 @@ from sathmr.model import build_model
 TINY = get_config("tiny")
 
 
+def test_an_export_alone_tells_bench_which_weights_the_torch_side_runs(tmp_path, tiny_export, tiny_ckpt, smpl_tiny,
+                                                                      monkeypatch):
+    """The README's `sathmr bench --backend torch,ort -m EXPORT -i photos` on an export of the embedded default:
+    the torch side runs the weights the export was made from (its metadata says which), not a random network."""
+    monkeypatch.setattr("sathmr.zoo.registry.EMBEDDED", tiny_ckpt)     # these weights play the embedded default
+    out = tmp_path / "b.json"
+    res = CliRunner().invoke(main, ["bench", "--backend", "torch,ort", "-m", str(tiny_export.path), "--smpl-dir",
+                                    str(smpl_tiny), "--iters", "1", "--warmup", "0", "--threads", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    result = json.loads(out.read_text())
+    assert result["model"]["checkpoint"] == str(tiny_ckpt) and result["model"]["random_weights"] is False
+    acc = result["backends"]["ort"]["accuracy"]
+    assert acc["tokens_identical"] and acc["matched"] == acc["people_a"] and acc["joint_mm_max"] < 0.05
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory, tiny_export) -> tuple[dict, str, Path]:
     """torch and ort (the session's export of the same random weights bench builds) in their own processes."""
     out = tmp_path_factory.mktemp("bench")
-    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,torch:bf16,ort,ort:int8,trt",
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--random-weights", "--backend", "torch,torch:bf16,ort,ort:int8,trt",
                                     "--model", str(tiny_export.path),
                                     "--iters", "2", "--warmup", "1", "--threads", "1", "--scaling",
                                     "--scaling-iters", "1", "--plot", str(out / "scaling.png"),
@@ -39,6 +54,7 @@ def bench_run(tmp_path_factory, tiny_export) -> tuple[dict, str, Path]:
     return json.loads((out / "bench.json").read_text()), res.output, out
 
 
+@pytest.mark.slow        # every entry, the scaling sweep: ~35 s on 2 cores
 def test_json_has_machine_settings_and_model(bench_run):
     result, _, _ = bench_run
     m = result["machine"]
@@ -51,6 +67,7 @@ def test_json_has_machine_settings_and_model(bench_run):
     assert result["inputs"]["source"] == "synthetic" and len(result["inputs"]["names"]) == 2
 
 
+@pytest.mark.slow        # every entry, the scaling sweep: ~35 s on 2 cores
 def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
     result, _, _ = bench_run
     assert set(result["backends"]) == {"torch", "torch:bf16", "ort", "ort:int8"}
@@ -82,6 +99,7 @@ def test_every_backend_has_stage_stats_tokens_and_memory(bench_run):
         assert result["backends"][name]["tokens"]["per_image"] == result["backends"]["torch"]["tokens"]["per_image"]
 
 
+@pytest.mark.slow        # every entry, the scaling sweep: ~35 s on 2 cores
 def test_precisions_side_by_side_with_their_accuracy(bench_run):
     """Every entry's accuracy against torch fp32 on the same inputs, next to its speed-up, in one table."""
     result, output, _ = bench_run
@@ -116,12 +134,14 @@ def test_entries_and_precision_lists():
         parse_backends("torch,torch:fp32")
 
 
+@pytest.mark.slow        # every entry, the scaling sweep: ~35 s on 2 cores
 def test_trt_is_skipped_with_a_reason_on_cpu(bench_run):
     result, output, _ = bench_run
     assert "cuda" in result["skipped"]["trt"].lower()
     assert "skipped trt" in output
 
 
+@pytest.mark.slow        # every entry, the scaling sweep: ~35 s on 2 cores
 def test_scaling_sweep_and_plot(bench_run):
     result, output, out = bench_run
     sc = result["scaling"]
@@ -171,5 +191,7 @@ def test_bad_options_fail_with_one_line():
         parse_backends("torch,torch")
     res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch,tensorflow"])
     assert res.exit_code == 2 and "tensorflow" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--backend", "torch", "--iters", "0"])
+    res = CliRunner().invoke(main, ["bench", "--config", "tiny", "--random-weights", "--backend", "torch", "--iters", "0"])
     assert res.exit_code == 2 and "--iters" in res.output
+    res = CliRunner().invoke(main, ["bench", "--config", "sat_644", "--backend", "torch"], env={"SATHMR_WEIGHTS": "/nonexistent"})
+    assert res.exit_code == 2 and "--random-weights" in res.output      # a config alone is no longer a random network

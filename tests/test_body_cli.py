@@ -10,7 +10,7 @@ from sathmr.body.cli import assets
 
 def test_synthetic_then_check_passes(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(assets, ["synthetic", "--out", str(tmp_path), "--size", "tiny"])
+    res = runner.invoke(assets, ["synthetic", "-o", str(tmp_path), "--size", "tiny"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "SMPL_NEUTRAL.pkl").is_file()
     res = runner.invoke(assets, ["check", str(tmp_path)])
@@ -31,7 +31,7 @@ def test_check_fails_clearly_on_empty_folder(tmp_path):
 
 def test_check_reports_malformed_mean_params_and_optional_files(tmp_path):
     runner = CliRunner()
-    assert runner.invoke(assets, ["synthetic", "--out", str(tmp_path), "--size", "tiny"]).exit_code == 0
+    assert runner.invoke(assets, ["synthetic", "-o", str(tmp_path), "--size", "tiny"]).exit_code == 0
     np.savez(tmp_path / "smpl_mean_params.npz", pose=np.zeros(72), shape=np.zeros(10))
     (tmp_path / "body_verts_smpl.npy").unlink()
     res = runner.invoke(assets, ["check", str(tmp_path)])
@@ -44,7 +44,7 @@ def test_check_reports_malformed_mean_params_and_optional_files(tmp_path):
 
 def test_optional_files_missing_still_passes(tmp_path):
     runner = CliRunner()
-    assert runner.invoke(assets, ["synthetic", "--out", str(tmp_path), "--size", "tiny"]).exit_code == 0
+    assert runner.invoke(assets, ["synthetic", "-o", str(tmp_path), "--size", "tiny"]).exit_code == 0
     for name in ("SMPL_MALE.pkl", "SMPL_FEMALE.pkl", "J_regressor_h36m_correct.npy"):
         (tmp_path / name).unlink()
     res = runner.invoke(assets, ["check", str(tmp_path)])
@@ -52,7 +52,7 @@ def test_optional_files_missing_still_passes(tmp_path):
 
 
 def test_synthetic_rejects_unknown_size(tmp_path):
-    res = CliRunner().invoke(assets, ["synthetic", "--out", str(tmp_path), "--size", "huge"])
+    res = CliRunner().invoke(assets, ["synthetic", "-o", str(tmp_path), "--size", "huge"])
     assert res.exit_code != 0 and "huge" in res.output
 
 
@@ -60,10 +60,10 @@ def test_synthetic_does_not_clobber_real_files(tmp_path):
     real = tmp_path / "SMPL_NEUTRAL.pkl"
     real.write_bytes(b"licensed bytes")
     runner = CliRunner()
-    res = runner.invoke(assets, ["synthetic", "--out", str(tmp_path), "--size", "tiny"])
+    res = runner.invoke(assets, ["synthetic", "-o", str(tmp_path), "--size", "tiny"])
     assert res.exit_code != 0 and "refusing to overwrite" in res.output
     assert real.read_bytes() == b"licensed bytes"
-    res = runner.invoke(assets, ["synthetic", "--out", str(tmp_path), "--size", "tiny", "--force"])
+    res = runner.invoke(assets, ["synthetic", "-o", str(tmp_path), "--size", "tiny", "--force"])
     assert res.exit_code == 0 and real.read_bytes() != b"licensed bytes"
     # A synthetic folder can be regenerated in place without --force.
-    assert runner.invoke(assets, ["synthetic", "--out", str(tmp_path), "--size", "tiny"]).exit_code == 0
+    assert runner.invoke(assets, ["synthetic", "-o", str(tmp_path), "--size", "tiny"]).exit_code == 0

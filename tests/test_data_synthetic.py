@@ -109,14 +109,14 @@ def test_plausible_poses_respect_joint_limits() -> None:
 
 def test_cli_writes_a_readable_dataset(tmp_path: Path, smpl_dir: Path) -> None:
     out = tmp_path / "ds"
-    res = CliRunner().invoke(data, ["synthetic", "--out", str(out), "--n", "2", "--seed", "3",
+    res = CliRunner().invoke(data, ["synthetic", "-o", str(out), "--n", "2", "--seed", "3",
                                     "--smpl-dir", str(smpl_dir), "--size", "224"])
     assert res.exit_code == 0, res.output
     assert "train_6fps" in res.output
     assert len(open_dataset(out, "bedlam", "train_6fps")) == 2
-    bad = CliRunner().invoke(data, ["synthetic", "--out", str(out), "--n", "0"])
+    bad = CliRunner().invoke(data, ["synthetic", "-o", str(out), "--n", "0"])
     assert bad.exit_code != 0
-    hard = CliRunner().invoke(data, ["synthetic", "--out", str(tmp_path / "u"), "--n", "2", "--seed", "3", "--poses",
+    hard = CliRunner().invoke(data, ["synthetic", "-o", str(tmp_path / "u"), "--n", "2", "--seed", "3", "--poses",
                                      "uniform", "--smpl-dir", str(smpl_dir), "--size", "224", "--split", "train"])
     assert hard.exit_code == 0, hard.output
     fam, uni = (load_annots(r / "bedlam/bedlam_smpl_train_6fps.npz") for r in (out, tmp_path / "u"))

@@ -207,7 +207,7 @@ def test_infer_two_processes_write_what_one_writes_and_resume(tmp_path, embedded
 @pytest.mark.slow
 def test_eval_two_processes_score_as_one(val_set, embedded, tmp_path):
     root = val_set[0]
-    args = ["eval", "--data", root, "--threshold", "0.1", "--batch-size", "2"]
+    args = ["eval", "-i", root, "--threshold", "0.1", "--batch-size", "2"]
     res = CliRunner().invoke(main, [*map(str, args), "--json", str(tmp_path / "one.json")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = torchrun([*args, "--json", tmp_path / "two.json"]).stdout
@@ -265,7 +265,7 @@ def test_train_two_processes_equal_one_with_the_doubled_batch(same_size_train_se
     from sathmr.train.engine import TrainConfig, train
     root, init = same_size_train_set
     lr = 1e-3
-    common = ["train", "--data", root, "--config", "tiny", "--init", init, "--epochs", "2", "--batch-size", "1",
+    common = ["train", "-i", root, "--config", "tiny", "--init", init, "--epochs", "2", "--batch-size", "1",
               "--lr", lr, "--lr-encoder", lr, "--save-every", "1", "--no-dn", "-o", tmp_path / "two"]
     first = torchrun([*common, "--max-steps", "2"]).stdout
     out = torchrun([*common, "--max-steps", "4"]).stdout

@@ -263,6 +263,7 @@ def test_trt_needs_portable_graphs_and_says_what_to_install(tiny_export, tmp_pat
         load_backend("trt", model_path=tmp_path / "engines")
 
 
+@pytest.mark.slow        # a second export (portable): ~5 s
 def test_portable_graph_has_standard_ops_only(tiny_random, tiny_export, items, tmp_path):
     """--portable (what TensorRT builds from) leaves ONNX Runtime's fused operators out and computes the
     same stage A as the default graph (checked on the scale-map graph, the cheaper one to export)."""

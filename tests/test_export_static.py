@@ -16,6 +16,7 @@ from sathmr.preprocess import collate, prepare, read_image
 
 from helpers import graph_op_types, output_shapes
 
+pytestmark = pytest.mark.slow    # one static export for the module: ~11 s on 2 cores (the quick subset exports two-stage)
 KS = 40     # SAT cells: above what the first photo needs (31 with these weights), below the second's (46)
 
 

@@ -53,7 +53,7 @@ def test_default_profiles_fit_the_budget_and_a_large_batch_is_refused_with_what_
     check_budget(FULL, 8, fits)                    # what the message offers builds
     ks, kc = token_maxima(FULL, fits)
     assert 4 * ks + kc <= fits and kc == 2116        # context keeps its full range, SAT cells take the rest
-    with pytest.raises(SathmrError, match="--max-batch 0"):
+    with pytest.raises(SathmrError, match="--max-batch-size 0"):
         check_budget(FULL, 0, None)
 
 

@@ -65,7 +65,7 @@ def test_infer_writes_everything_and_resumes(tmp_path, image_dir, tiny_ckpt, smp
     q = get_config("tiny").num_queries
     assert data["num_people"] == q and len(data["people"]) == q
     person = data["people"][0]
-    assert len(person["smpl"]["body_pose"]) == 23 and len(person["joints2d"]) == 45
+    assert len(person["smpl"]["body_pose"]) == 69 and len(person["joints2d"]) == 45
     x0, y0, x1, y1 = person["box_xyxy"]
     assert x1 > x0 and y1 > y0
     assert json.loads((out / "thresh_0.99" / "landscape.json").read_text())["num_people"] < q

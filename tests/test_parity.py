@@ -18,7 +18,8 @@ from sathmr.config import get_config
 from sathmr.export.onnx import export_network
 from sathmr.model import build_model
 from sathmr.model.checkpoint import save_checkpoint
-from sathmr.parity import box_iou, compare_backends
+from sathmr.parity import compare_backends
+from sathmr.postprocess import box_iou
 from sathmr.preprocess import collate, prepare, read_image
 from sathmr.weights import synthetic_smpl_dir
 
@@ -86,7 +87,7 @@ def test_parity_cli_torch_vs_static(tmp_path, real_images, smpl_tiny):
     torch.manual_seed(0)
     ckpt = save_checkpoint(spread_heads(build_model(TINY).eval()), tmp_path / "t.safetensors")
     out = tmp_path / "p.json"
-    args = ["parity", "--a", "torch", "--b", "torch-static", "--checkpoint", str(ckpt),
+    args = ["parity", "--backend", "torch,torch-static", "--checkpoint", str(ckpt),
             "--smpl-dir", str(smpl_tiny), "-i", str(real_images[0]), "--json", str(out)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output

@@ -229,7 +229,7 @@ def test_parity_precision_table(tiny_ckpt, smpl_tiny, real_images, tmp_path, cpu
     on a CPU without it (accuracy figures are what count here) and says so."""
     cpu_flags(NO_BF16)
     out = tmp_path / "p.json"
-    r = CliRunner().invoke(main, ["parity", "--a", "torch", "--b", "torch", "--precision", "fp32,bf16",
+    r = CliRunner().invoke(main, ["parity", "--backend", "torch,torch", "--precision", "fp32,bf16",
                                   "--checkpoint", str(tiny_ckpt), "--smpl-dir", str(smpl_tiny),
                                   "-i", str(real_images[0]), "--json", str(out)])
     assert r.exit_code == 0, r.output

@@ -228,6 +228,7 @@ def test_32_concurrent_clients_get_their_own_correct_answers_in_batches(live, im
 
 
 # ------------------------------------------------------------------------------------------ SIGTERM
+@pytest.mark.slow        # a server process and a drain: ~7 s
 def test_sigterm_finishes_the_requests_in_flight(embedded, images):
     data = next(iter(images.values()))
     with ServerProcess("--max-batch-size", "4", "--max-queue-delay-ms", "4000") as srv:

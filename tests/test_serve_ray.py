@@ -15,6 +15,7 @@ from serve_helpers import ServerProcess, assert_same_people, sample_images
 pytest.importorskip("ray.serve", reason="the scale-out test needs Ray Serve (pip install 'sathmr[ray]')")
 
 
+@pytest.mark.slow        # a Ray cluster and two replicas: ~17 s
 def test_two_ray_serve_replicas_share_the_load(embedded, real_images):
     images = sample_images(real_images)
     service = InferenceService.load(ModelSpec(), ServeConfig())

@@ -87,11 +87,11 @@ def test_resume_repeats_the_same_steps(synth, tmp_path):
 
 def test_train_and_eval_commands(synth, tmp_path):
     out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["train", "--data", str(synth), "--config", "tiny", "--output", str(out),
+    res = CliRunner().invoke(main, ["train", "-i", str(synth), "--config", "tiny", "--output", str(out),
                                     "--epochs", "1", "--batch-size", "3", "--threshold", "0.0"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert (out / "model_final.safetensors").is_file() and list((out / "logs").rglob("events.out.tfevents*"))
-    res = CliRunner().invoke(main, ["eval", "--data", str(synth), "--checkpoint", str(out / "model_final.safetensors"),
+    res = CliRunner().invoke(main, ["eval", "-i", str(synth), "--checkpoint", str(out / "model_final.safetensors"),
                                     "--smpl-dir", str(synth / "smpl"), "--threshold", "0.0",
                                     "--json", str(tmp_path / "m.json")], catch_exceptions=False)
     assert res.exit_code == 0, res.output

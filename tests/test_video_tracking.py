@@ -231,3 +231,44 @@ def test_smoother_drops_the_state_of_dead_tracks(body_tiny):
     smoother([1, 2], [p, p], 0.0, np.eye(3), 1.0)
     smoother([2], [p], 0.1, np.eye(3), 1.0, live_ids={2})
     assert set(smoother.tracks) == {2}
+
+
+def test_overlapping_newcomers_start_one_track():
+    """SAT-HMR has no NMS: one person detected twice in the first frames gets one id, not two."""
+    rng = np.random.default_rng(5)
+    body = random_body(rng)
+    tracker = build_tracker(TrackerConfig())
+    for f in range(4):
+        a = person([0.1 * f, 0, 4], body, 0.9, rng)
+        b = person([0.1 * f + 0.05, 0.05, 4.6], body, 0.6, rng)   # the same person again, boxes overlapping ~0.5
+        assert box_iou(np.array([a.box]), np.array([b.box]))[0, 0] > TrackerConfig.dup_iou
+        out = tracker.update([b, a], f)
+        assert [t.id for t in out] == [1] and out[0].person is a
+
+
+def test_track_scores_count_switches_fragments_and_misses():
+    from sathmr.train.data.clips import track_scores
+
+    truth = [{1: np.array([0, 0, 10, 10.]), 2: np.array([50, 0, 60, 10.])} for _ in range(4)]
+    perfect = [[(7, [0, 0, 10, 10]), (8, [50, 0, 60, 10])] for _ in range(4)]
+    s = track_scores(truth, perfect)
+    assert s["mota"] == 1 and s["idf1"] == 1 and s["id_switches"] == 0 and s["ids_per_person"] == {1: 1, 2: 1}
+    broken = [perfect[0], perfect[1], [(9, [0, 0, 10, 10]), (8, [50, 0, 60, 10])], [(8, [50, 0, 60, 10]), (5, [80, 0, 90, 9])]]
+    s = track_scores(truth, broken)
+    assert s["id_switches"] == 1 and s["ids_per_person"] == {1: 2, 2: 1}
+    assert s["false_negatives"] == 1 and s["false_positives"] == 1 and s["mota"] == 1 - 3 / 8
+    assert s["idf1"] == 2 * 6 / (8 + 8)        # identity 1 keeps track 7 for two frames, identity 2 track 8 for four
+
+
+def test_walking_clip_knows_who_is_where(smpl_tiny):
+    from sathmr.train.data.clips import walking_clip
+    from sathmr.train.data.pipeline import BodyModels
+
+    clip = walking_clip(BodyModels(smpl_tiny), 2, n_frames=3, seed=1, hw=(120, 160))
+    assert len(clip.frames) == 3 and clip.frames[0].shape == (120, 160, 3)
+    assert set(clip.boxes[0]) == {1, 2}
+    moved = [clip.boxes[2][i][0] - clip.boxes[0][i][0] for i in (1, 2)]
+    assert all(abs(m) > 1 for m in moved)               # both walk
+    for i in (1, 2):                                    # apparent height about 0.55 of the image, as asked
+        x0, y0, x1, y1 = clip.boxes[1][i]
+        assert 0.4 * 120 < y1 - y0 < 0.75 * 120 and 0 <= x0 < x1 <= 160

@@ -175,7 +175,7 @@ def test_offline_fetch_uses_only_the_hub_cache(zoo, monkeypatch):
     hf_hub_download("ChiSu001/SAT-HMR", "weights/sat_hmr/sat_644.pth", endpoint=hub.url)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     hub.seen.clear()
-    r = fetch_cli("sat_644", "--dest", str(tmp / "elsewhere"))  # ... and offline, fetch takes it from the cache
+    r = fetch_cli("sat_644", "-o", str(tmp / "elsewhere"))  # ... and offline, fetch takes it from the cache
     assert r.exit_code == 0 and "from the Hub cache" in r.output, r.output
     assert hub.seen == [] and (tmp / "elsewhere" / "sat_644.pth").read_bytes() == CONTENT
 

@@ -16,7 +16,7 @@ from sathmr.backends.ort_backend import OrtBackend
 from sathmr.backends.torch_backend import TorchBackend
 from sathmr.backends.trt_backend import TrtBackend
 from sathmr.errors import SathmrError
-from sathmr.formats import BACKENDS, choose_model, format_of_backend, validate_options
+from sathmr.formats import BACKENDS, ModelChoice, choose_model, format_of_backend, validate_options
 from sathmr.model.sathmr import SATHMR
 
 
@@ -54,4 +54,18 @@ def open_model(model: str | Path | None = None, backend: str | None = None, *, c
                         smpl_dir=smpl_dir, device=device, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "OrtBackend", "TorchBackend", "TrtBackend", "load_backend", "open_model"]
+def weights_behind(choices: dict[str, ModelChoice]) -> Path | None:
+    """The weights the torch backends of a comparison run (:func:`sathmr.formats.choose_models`): the ones
+    given, else the embedded default when an export given was made from it (its metadata knows), else None
+    (the default: weights/, else the embedded model)."""
+    from sathmr.export.meta import is_embedded, read_meta
+    from sathmr.zoo.registry import EMBEDDED
+
+    given = next((c.checkpoint for c in choices.values() if c.checkpoint is not None), None)
+    if given is not None:
+        return given
+    exports = {c.model_path for c in choices.values() if c.model_path is not None}
+    return EMBEDDED if any(is_embedded(read_meta(p)) for p in exports) else None
+
+
+__all__ = ["BACKENDS", "Backend", "OrtBackend", "TorchBackend", "TrtBackend", "load_backend", "open_model", "weights_behind"]

@@ -18,7 +18,7 @@ import torch
 from sathmr.backends.base import Backend, fixed_batches
 from sathmr.backends.two_stage import TwoStage, selection_feeds
 from sathmr.errors import SathmrError
-from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, file_sha256, read_artifact
+from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, export_note, file_sha256, is_embedded, read_artifact
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
 from sathmr.optional import require
@@ -51,9 +51,17 @@ def session_options(ort, threads: int | None, cpu: bool = True):
     """Intra-op threads as asked (default: ORT's, one per core), one inter-op thread (the graphs are a
     chain of large ops: parallel branches buy nothing), every graph optimisation ORT has. On the CPU no
     memory arena: with token axes that change from image to image an arena keeps the largest image's
-    buffers for good (measured at full size: peak RSS 1.93 → 1.71 GB, same speed)."""
+    buffers for good (measured at full size: peak RSS 1.93 → 1.71 GB, same speed).
+
+    No spinning: by default ORT's intra-op threads busy-wait for more work after every run, and on the
+    CPU they then compete with the PyTorch threads that decode the outputs (SMPL, projection) next:
+    post-processing of the very same outputs took 2.9x as long after an ORT run as after a torch one
+    (1.7 → 4.9 ms per image on the embedded model, 2 cores; 10x in `sathmr bench` end to end). Without
+    it the threads sleep when a graph ends, and post-processing takes torch's time again."""
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = not cpu
+    if cpu:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -110,7 +118,7 @@ class OrtBackend(Backend):
         meta = art.meta
         info = {"path": str(path), "device": device, "providers": ",".join(used), "config": meta.cfg.name,
                 "layout": meta.layout, "precision": meta.precision, "batch": meta.batch or "dynamic",
-                "note": f"model: {path} (ONNX Runtime, {used[0]}, {meta.layout}, {meta.precision})"}
+                "note": export_note(path, f"ONNX Runtime, {used[0]}", meta), "embedded": is_embedded(meta)}
         if meta.layout == "static":
             info.update(budget_sat=meta.budget.sat_cells, budget_context=meta.budget.context,
                         canvas=f"{meta.canvas_hw[0]}x{meta.canvas_hw[1]}")

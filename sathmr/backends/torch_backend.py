@@ -77,7 +77,7 @@ class TorchBackend(Backend):
         self._net = torch.compile(self.model.net_outputs, dynamic=True) if compile else self.model.net_outputs
         self.info = {"device": str(self.device), **(info or {}), "precision": self.precision.label, "compile": compile}
         if "note" in self.info:
-            self.info["note"] += f"; {self.precision.describe()}" + ("; torch.compile" if compile else "")
+            self.info["note"] = self.info["note"].rstrip(".") + f"; {self.precision.describe()}" + ("; torch.compile" if compile else "")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None = None, config: str | None = None,

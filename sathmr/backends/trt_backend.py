@@ -20,7 +20,7 @@ import torch
 from sathmr.backends.base import Backend, fixed_batches
 from sathmr.backends.two_stage import TwoStage, selection_feeds
 from sathmr.errors import SathmrError
-from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, file_sha256, read_artifact, read_engine
+from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, export_note, file_sha256, is_embedded, read_artifact, read_engine
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
 from sathmr.optional import require
@@ -65,7 +65,7 @@ class Engine:
             for k, v in bound.items():
                 if not ctx.set_input_shape(k, tuple(v.shape)):
                     raise SathmrError(f"{self.name}: input {k} of shape {tuple(v.shape)} is outside the engine's "
-                                      f"profile {self.profile(k)}; rebuild with a larger --max-batch/--max-tokens")
+                                      f"profile {self.profile(k)}; rebuild with a larger --max-batch-size/--max-tokens")
                 ctx.set_tensor_address(k, v.data_ptr())
             outs = {k: self._output(k) for k in outputs}
             for k, v in outs.items():
@@ -121,7 +121,7 @@ class TrtBackend(Backend):
                 engines[g] = Engine(trt, engine, dev, f.name)
         info = {"path": str(path), "device": str(dev), "config": meta.cfg.name, "tensorrt": trt.__version__,
                 "layout": meta.layout, "precision": meta.precision,
-                "note": f"model: {path} (TensorRT {trt.__version__}, {meta.layout}, {meta.precision})"}
+                "note": export_note(path, f"TensorRT {trt.__version__}", meta), "embedded": is_embedded(meta)}
         return cls(engines, art, dev, info)
 
     def check_body_model(self, body_model) -> None:

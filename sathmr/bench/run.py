@@ -231,7 +231,7 @@ def bench(entries: Sequence[Entry | str], config: str | None = None, images=None
     entries = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
     threads = threads or torch.get_num_threads()
     if threads < 1 or iters < 1 or warmup < 0 or batch < 1 or scaling_iters < 1:
-        raise SathmrError("--threads, --iters, --batch and --scaling-iters must be >= 1, --warmup >= 0")
+        raise SathmrError("--threads, --iters, --batch-size and --scaling-iters must be >= 1, --warmup >= 0")
     torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SathmrError(f"--device {device} requested but PyTorch sees no CUDA device")

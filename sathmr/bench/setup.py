@@ -90,7 +90,7 @@ class Setup:
 
     def note(self, smpl_given: bool) -> str:
         if self.checkpoint is not None:
-            return f"weights: {self.checkpoint}; body model: {self.smpl_dir}"
+            return resolve(self.checkpoint, self.smpl_dir).note     # says so when it is the embedded default
         return (f"no checkpoint: the {self.config or 'sat_644'} architecture with RANDOM weights (scale and confidence heads spread "
                 f"so the token set mixes SAT, level-1 and level-2 tokens) and "
                 f"{f'the body model in {self.smpl_dir}' if smpl_given else 'the synthetic body model sathmr generates'}. "

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sathmr.body.pickle_io import load_pickle, to_dense
 from sathmr.errors import SathmrError
 
 GENDERS = ("neutral", "male", "female")
@@ -23,6 +22,7 @@ H36M_REGRESSOR = "J_regressor_h36m_correct.npy"
 BODY_VERTS = "body_verts_smpl.npy"
 EXTRA_IDS_KEY = "sathmr_extra_joint_vertex_ids"
 SYNTHETIC_MARKER = "README_SYNTHETIC.txt"
+SIZES = ("full", "tiny")   # of the synthetic stand-in (sathmr.body.synthetic): the SMPL topology, or a few hundred vertices
 NUM_JOINTS = 24
 NUM_POSE_BASIS = 207
 
@@ -31,7 +31,7 @@ SIDE_SOURCE = (
     "the SAT-HMR side files come with the official release (see the weights/ instructions of "
     "https://github.com/ChiSu001/SAT-HMR)"
 )
-STAND_IN = "or run `sathmr assets synthetic --out DIR` for a licence-free stand-in"
+STAND_IN = "or run `sathmr assets synthetic -o DIR` for a licence-free stand-in"
 
 # Every key the MPI SMPL pickle carries; the loader needs the first seven.
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "f", "kintree_table")
@@ -88,6 +88,8 @@ def load_npy(path: Path, source: str = SIDE_SOURCE) -> np.ndarray:
 
 def read_model_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Dense numpy arrays of an SMPL model file (``.pkl`` via the restricted unpickler, or ``.npz``), validated."""
+    from sathmr.body.pickle_io import load_pickle, to_dense  # scipy: only when a model file is read
+
     path = Path(path)
     if not path.is_file():
         raise SathmrError(f"SMPL model {path.name} not found in {path.parent}: {SMPL_SOURCE}, {STAND_IN}")

@@ -6,25 +6,27 @@ from pathlib import Path
 
 import click
 
-from sathmr.body.assets import SIDE_SOURCE, SMPL_SOURCE, SYNTHETIC_MARKER, check_folder, default_smpl_dir
-from sathmr.body.synthetic import SIZES, generate_synthetic
+from sathmr.body.assets import SIDE_SOURCE, SIZES, SMPL_SOURCE, SYNTHETIC_MARKER, check_folder, default_smpl_dir
 from sathmr.errors import SathmrError
+from sathmr.options import Group, output_option
 
 
-@click.group("assets")
+@click.group("assets", cls=Group)
 def assets() -> None:
     """SMPL body-model files: check a folder or write a synthetic stand-in."""
 
 
-@assets.command("synthetic")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder to write into.")
+@assets.command("synthetic", renamed={"--out": "--output"})
+@output_option(type=click.Path(path_type=Path), help="Folder to write into.")
 @click.option("--size", type=click.Choice(SIZES), default="full", show_default=True,
               help="full: 6890-vertex SMPL topology; tiny: a few hundred vertices for fast tests.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite SMPL files that are not from a synthetic run.")
-def synthetic(out: Path, size: str, force: bool) -> None:
+def synthetic(output: Path, size: str, force: bool) -> None:
     """Write a deterministic, licence-free SMPL-format mannequin with the official file names."""
+    from sathmr.body.synthetic import generate_synthetic
+
     try:
-        paths = generate_synthetic(out, size, force=force)
+        paths = generate_synthetic(output, size, force=force)
     except SathmrError as exc:
         raise click.ClickException(str(exc)) from exc
     for path in paths:
@@ -49,7 +51,7 @@ def check(folder: Path | None) -> None:
         click.echo("note: this folder holds the synthetic stand-in, not the real SMPL model")
     failed = [r for r in rows if r.required and r.status != "OK"]
     if any(r.status != "OK" for r in rows):
-        click.echo(f"where to get them: {SMPL_SOURCE}; {SIDE_SOURCE}; or `sathmr assets synthetic --out DIR`")
+        click.echo(f"where to get them: {SMPL_SOURCE}; {SIDE_SOURCE}; or `sathmr assets synthetic -o DIR`")
     if failed:
         raise click.ClickException(f"{folder}: required file(s) missing or broken: {', '.join(r.name for r in failed)}")
     click.echo(f"{folder}: usable")

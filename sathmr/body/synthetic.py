@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from sathmr.body.assets import BODY_VERTS, EXTRA_IDS_KEY, H36M_REGRESSOR, MEAN_PARAMS, SYNTHETIC_MARKER
+from sathmr.body.assets import BODY_VERTS, EXTRA_IDS_KEY, H36M_REGRESSOR, MEAN_PARAMS, SIZES, SYNTHETIC_MARKER
 from sathmr.body.mannequin import PARENTS, Mannequin, build_mannequin
 from sathmr.body.rigging import (
     body_vertex_ids,
@@ -30,7 +30,6 @@ from sathmr.body.rigging import (
 from sathmr.body.smpl import SMPL_EXTRA_VERTEX_IDS
 from sathmr.errors import SathmrError
 
-SIZES = ("full", "tiny")
 FULL_VERTS = 6890
 PICKLE_PROTOCOL = 2  # what the MPI files use
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)

@@ -6,19 +6,20 @@ import contextlib
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sathmr.errors import SathmrError
-from sathmr.export.meta import DEFAULT_OPSET, Artifact
-from sathmr.export.onnx import export_from_checkpoint
-from sathmr.export.trt import ACTIVATION_BUDGET_GB, DEFAULT_MAX_BATCH, build_engines, token_maxima
-from sathmr.formats import EXPORT_FORMATS
-from sathmr.model.tokens import TokenBudget, stage_lengths
+from sathmr.formats import DEFAULT_OPSET, DEFAULT_TRT_MAX_BATCH, EXPORT_FORMATS, TRT_ACTIVATION_BUDGET_GB
+from sathmr.options import CONFIG_HELP, Command, batch_size_option, output_option
+
+if TYPE_CHECKING:      # torch and onnx load when an export runs, not for `sathmr export --help`
+    from sathmr.export.meta import Artifact
 
 #: options that only mean something with one format / layout (rejected elsewhere instead of ignored)
 STATIC_ONLY = ("budget_sat", "budget_context", "canvas")
-TRT_ONLY = ("onnx_path", "workspace_gb", "max_batch", "max_tokens")
+TRT_ONLY = ("onnx_path", "workspace_gb", "max_batch_size", "max_tokens")
 
 
 def parse_canvas(text: str | None) -> tuple[int, int] | None:
@@ -59,36 +60,41 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
 
 
 def describe(art: Artifact) -> str:
+    from sathmr.export.meta import EMBEDDED_NOTE, is_embedded
+    from sathmr.export.trt import token_maxima
+    from sathmr.model.tokens import stage_lengths
+
     m = art.meta
+    note = f"\nnote: {EMBEDDED_NOTE}" if is_embedded(m) else ""
     head = (f"wrote {art.path}: config {m.cfg.name}, {m.layout}, {m.precision}, {m.target}, batch {m.batch or 'dynamic'}, "
             f"files {', '.join(f.name for f in art.files.values())}")
     if m.layout == "static":
         lengths = stage_lengths(m.budget)
         return (f"{head}; canvas {m.canvas_hw[0]}x{m.canvas_hw[1]}, budgets sat={m.budget.sat_cells} "
-                f"context={m.budget.context} (stage B {lengths['stage_b']} tokens, stage C {lengths['stage_c']})")
+                f"context={m.budget.context} (stage B {lengths['stage_b']} tokens, stage C {lengths['stage_c']}){note}")
     if "tensorrt" in m.extra:
         ks, kc = token_maxima(m, m.extra.get("tensorrt_max_tokens"))
         head += (f"; TensorRT {m.extra['tensorrt']} profiles: batch <= {m.extra['tensorrt_max_batch']}, SAT cells <= {ks}, "
                  f"context tokens <= {kc} (stage C <= {4 * ks + kc} tokens)")
     ax = m.axes()
     return (f"{head}; dynamic axes: images up to {m.cfg.input_size}x{m.cfg.input_size} in steps of "
-            f"{m.cfg.pad_multiple}, SAT cells 1..{ax['sat_cells'][1]}, context tokens 1..{ax['ctx_tokens'][1]}")
+            f"{m.cfg.pad_multiple}, SAT cells 1..{ax['sat_cells'][1]}, context tokens 1..{ax['ctx_tokens'][1]}{note}")
 
 
-@click.command("export")
+@click.command("export", cls=Command, renamed={"--checkpoint": "--model", "--batch": "--batch-size",
+                                                "--max-batch": "--max-batch-size"})
 @click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="onnx", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(),
-              help="A folder (two-stage, the default), or model.onnx / model.engine with --static-budget.")
-@click.option("--checkpoint", help="SAT-HMR weights: a file or a name from `sathmr models` (default: weights/ or the "
-              "embedded model).")
-@click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644).")
+@output_option(type=click.Path(), help="A folder (two-stage, the default), or model.onnx / model.engine with --static-budget.")
+@click.option("--model", "-m", "checkpoint", help="SAT-HMR weights to export: a file or a name from `sathmr models` "
+              "(default: the first official checkpoint in weights/, else the embedded model).")
+@click.option("--config", default=None, help=CONFIG_HELP)
 @click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder; its fingerprint is stored in the model.")
 @click.option("--static-budget", is_flag=True,
               help="One graph with fixed token budgets (runtimes without dynamic shapes, CUDA graphs); overflow is flagged.")
 @click.option("--budget-sat", type=int, default=None, help="--static-budget: SAT cells per image (each = 4 level-0 tokens); default 3/8 of the canvas cells.")
 @click.option("--budget-context", type=int, default=None, help="--static-budget: level-1 + level-2 tokens per image; default all canvas cells.")
 @click.option("--canvas", default=None, help="--static-budget: the fixed input HxW (multiples of 56, long side = input size); default square.")
-@click.option("--batch", type=int, default=None, help="Fix the batch size (default: a dynamic batch axis).")
+@batch_size_option(default=None, help="Fix the batch size (default: a dynamic batch axis).")
 @click.option("--fp16", is_flag=True, help="Half precision after the token selection (stage A stays fp32; for GPUs).")
 @click.option("--int8", is_flag=True, help="int8 weights in the tokens graph (ONNX Runtime dynamic quantisation, for CPUs; "
               "stage A stays fp32).")
@@ -97,26 +103,30 @@ def describe(art: Artifact) -> str:
 @click.option("--simplify", is_flag=True, help="Simplify the graphs with onnxslim/onnxsim when installed.")
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True), help="--format trt: build from this ONNX export instead of exporting one.")
 @click.option("--workspace-gb", type=float, default=None, help="--format trt: builder workspace (default 4).")
-@click.option("--max-batch", type=int, default=None, help=f"--format trt: largest batch of the profiles (default {DEFAULT_MAX_BATCH}; larger batches run in chunks).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=None,
+              help=f"--format trt: largest batch of the profiles (default {DEFAULT_TRT_MAX_BATCH}; larger batches run in chunks).")
 @click.option("--max-tokens", type=int, default=None, help=f"--format trt: largest stage-C sequence per image (default: all the canvas allows); "
-              f"batch x tokens^2 scores must fit {ACTIVATION_BUDGET_GB:g} GB.")
-def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch,
-                   fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch, max_tokens):
+              f"batch x tokens^2 scores must fit {TRT_ACTIVATION_BUDGET_GB:g} GB.")
+def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch_size,
+                   fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch_size, max_tokens):
     """Export the network for ONNX Runtime or TensorRT: by default the exact two-stage model whose token
     axes follow each image; with --static-budget one graph with fixed token budgets."""
+    from sathmr.export.trt import build_engines
+    from sathmr.model.tokens import TokenBudget
+
     validate_args(fmt, static_budget, dict(budget_sat=budget_sat, budget_context=budget_context, canvas=canvas,
-                                           onnx_path=onnx_path, workspace_gb=workspace_gb, max_batch=max_batch,
+                                           onnx_path=onnx_path, workspace_gb=workspace_gb, max_batch_size=max_batch_size,
                                            max_tokens=max_tokens, portable=portable, int8=int8, fp16=fp16))
     output = Path(output)
     options = dict(static_budget=TokenBudget(budget_sat, budget_context) if static_budget else None,
-                   canvas_hw=parse_canvas(canvas), batch=batch, opset=opset, simplify=simplify)
+                   canvas_hw=parse_canvas(canvas), batch=batch_size, opset=opset, simplify=simplify)
     if fmt == "onnx":
         art = _export(output, checkpoint, smpl_dir, config, precision="int8" if int8 else "fp16" if fp16 else "fp32",
                       portable=portable,
                       **options)
         click.echo(describe(art))
         return
-    trt_opts = dict(fp16=fp16, workspace_gb=workspace_gb or 4.0, max_batch=max_batch or DEFAULT_MAX_BATCH,
+    trt_opts = dict(fp16=fp16, workspace_gb=workspace_gb or 4.0, max_batch=max_batch_size or DEFAULT_TRT_MAX_BATCH,
                     max_tokens=max_tokens)
     if onnx_path:
         art = build_engines(onnx_path, output, **trt_opts)
@@ -133,6 +143,8 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, bud
 
 
 def _export(output: Path, checkpoint, smpl_dir, config, **options) -> Artifact:
+    from sathmr.export.onnx import export_from_checkpoint
+
     # the exporter prints progress on stdout; keep stdout for our own result lines
     with contextlib.redirect_stdout(sys.stderr):
         art, _ = export_from_checkpoint(output, checkpoint=checkpoint, smpl_dir=smpl_dir, config=config, **options)

@@ -31,16 +31,18 @@ from sathmr.config import ModelConfig
 from sathmr.errors import SathmrError
 from sathmr.export.integrity import check_meta_values, check_signature, read_header
 from sathmr.files import file_sha256  # noqa: F401 - exporters and backends import it from here
+from sathmr.formats import DEFAULT_OPSET  # noqa: F401 - exporters import it from here
+from sathmr.formats import STAGES as GRAPH_STAGES
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import TokenBudget
+from sathmr.precision import EXPORT_PRECISIONS
 
 FORMAT_TAG = "sathmr-onnx-2"        # -1: the single static graph of sathmr <= 0.1 (refused: re-export)
-DEFAULT_OPSET = 18
 LAYOUTS = ("two-stage", "static")
 #: onnxruntime: with ONNX Runtime's fused operators (the default); portable: standard ONNX operators only
 TARGETS = ("onnxruntime", "portable")
 #: int8: the tokens graph's MatMul weights quantised (sathmr.export.quantize); stage A stays fp32 at every precision
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = EXPORT_PRECISIONS
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
 #: graph name → (input names, output names); a two-stage folder holds <name>.onnx / <name>.engine
 GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -48,7 +50,7 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tokens": (("images", "t1", "cls", "sat_idx", "sat_valid", "ctx_idx", "ctx_valid"), QUERY_OUTPUTS),
     "static": (("images", "img_hw"), NET_OUTPUTS),
 }
-STAGES = ("scale_map", "tokens")
+STAGES = GRAPH_STAGES
 ENGINE_MAGIC = b"SATHMR-TRT\x00"    # + little-endian u32 length + JSON metadata, then the serialized engine
 
 
@@ -262,3 +264,20 @@ def read_meta(path: str | Path) -> ExportMeta:
     path = Path(path)
     suffix = ".engine" if path.is_dir() and any(path.glob("*.engine")) else ".onnx"
     return read_artifact(path, suffix).meta
+
+
+EMBEDDED_NOTE = ("an export of the embedded default, a tiny model trained on synthetic mannequins (not a model of real "
+                 "people); get the official weights with `sathmr weights fetch sat_644`")
+
+
+def is_embedded(meta: ExportMeta) -> bool:
+    """Whether an export was made from the embedded default (the sha256 of its weights is in the metadata)."""
+    from sathmr.zoo.registry import EMBEDDED
+
+    return bool(meta.checkpoint_sha256) and EMBEDDED.is_file() and meta.checkpoint_sha256 == file_sha256(EMBEDDED)
+
+
+def export_note(path: str | Path, runtime: str, meta: ExportMeta) -> str:
+    """The line a command prints about the export it runs; it says so when that is the embedded default."""
+    line = f"model: {path} ({runtime}, {meta.layout}, {meta.precision})"
+    return f"{line}: {EMBEDDED_NOTE}" if is_embedded(meta) else line

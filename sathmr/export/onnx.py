@@ -68,14 +68,29 @@ def export_state(model: SATHMR, budget: TokenBudget | None) -> Iterator[SATHMR]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's registry, which logs a warning per torchvision operator it cannot register
+    when torchvision is absent (it is not needed: the network uses none of them); other warnings stay."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    old = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def export_graph(model: SATHMR, graph: str, meta: ExportMeta, path: Path, simplify: bool = False) -> Path:
     """One graph to ``path`` with its metadata; checked with onnx.checker. Returns ``path``."""
     t0 = time.perf_counter()
     module = graph_module(graph, model, meta.precision).eval()
     inputs, outputs = GRAPHS[graph]
     # an exporter failure is a bug, not a user error: it keeps its traceback
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_exporter():
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape.*")
+        # torch's own pytree use inside the exporter (torch 2.13), nothing the user can act on
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
         program = torch.onnx.export(module, sample_inputs(graph, model, meta), None, input_names=list(inputs),
                                     output_names=list(outputs), opset_version=meta.opset, dynamo=True,
                                     dynamic_shapes=dynamic_shapes(graph, meta), verbose=False,
@@ -108,7 +123,7 @@ def export_onnx(model: SATHMR, output: str | Path, meta: ExportMeta, simplify: b
             raise SathmrError("--int8 quantises the tokens graph of the two-stage export; the --static-budget graph "
                               "holds stage A too, which must stay fp32 (the token selection thresholds its output)")
     if (meta.batch is not None and meta.batch < 1) or meta.opset < DEFAULT_OPSET:
-        raise SathmrError(f"--batch must be >= 1 and --opset >= {DEFAULT_OPSET}")
+        raise SathmrError(f"--batch-size must be >= 1 and --opset >= {DEFAULT_OPSET}")
     output.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s (%s, %s) to %s", model.cfg.name, meta.layout, meta.precision, output)
     with export_state(model, meta.budget) as m, tempfile.TemporaryDirectory(dir=output.parent,

@@ -16,7 +16,7 @@ token selection thresholds its output, and fp32 means fp32 in the tokens engine 
 
 Engines are sized to memory: the tokens profile's largest corner (batch × stage-C sequence) decides
 the largest attention-score tensor TensorRT must plan for (:func:`score_bytes`), which must fit
-``ACTIVATION_BUDGET_GB``; ``--max-tokens``/``--max-batch`` trade one for the other. The default (batch
+``ACTIVATION_BUDGET_GB``; ``--max-tokens``/``--max-batch-size`` trade one for the other. The default (batch
 1, every token count the canvas allows) builds on a 24 GB GPU; a larger batch runs in chunks.
 """
 
@@ -33,14 +33,15 @@ import onnx
 from sathmr.errors import SathmrError
 from sathmr.export.meta import Artifact, ExportMeta, engine_bytes, read_artifact
 from sathmr.export.onnx import replace_folder
+from sathmr.formats import DEFAULT_TRT_MAX_BATCH, TRT_ACTIVATION_BUDGET_GB
 from sathmr.io import atomic_write
 from sathmr.optional import require
 
 log = logging.getLogger("sathmr.export")
 #: largest batch of the dynamic profiles by default (a larger batch is run in chunks)
-DEFAULT_MAX_BATCH = 1
+DEFAULT_MAX_BATCH = DEFAULT_TRT_MAX_BATCH
 #: what the largest activation of an engine (one attention-score tensor) may take at the profile's maxima
-ACTIVATION_BUDGET_GB = 8.0
+ACTIVATION_BUDGET_GB = TRT_ACTIVATION_BUDGET_GB
 #: the ops kept in fp32 inside an fp16 engine
 FP32_OPS = ("LayerNormalization", "Softmax")
 
@@ -77,16 +78,16 @@ def max_tokens_for(meta: ExportMeta, batch: int) -> int:
 def check_budget(meta: ExportMeta, max_batch: int, max_tokens: int | None) -> None:
     """Refuse profiles whose worst case does not fit ``ACTIVATION_BUDGET_GB``, naming what would fit."""
     if max_batch < 1:
-        raise SathmrError(f"--max-batch {max_batch}: at least 1")
+        raise SathmrError(f"--max-batch-size {max_batch}: at least 1")
     need = score_bytes(meta, max_batch, max_tokens)
     budget = ACTIVATION_BUDGET_GB * 2**30
     if need <= budget:
         return
     ks, kc = token_maxima(meta, max_tokens)
     fits = max_tokens_for(meta, max_batch)
-    raise SathmrError(f"--max-batch {max_batch} with up to {4 * ks + kc} tokens per image needs "
+    raise SathmrError(f"--max-batch-size {max_batch} with up to {4 * ks + kc} tokens per image needs "
                       f"{need / 2**30:.1f} GB for one attention-score tensor (budget {ACTIVATION_BUDGET_GB:g} GB): "
-                      f"use --max-tokens {fits} at this batch, or a smaller --max-batch")
+                      f"use --max-tokens {fits} at this batch, or a smaller --max-batch-size")
 
 
 def profile_shapes(meta: ExportMeta, graph: str, max_batch: int, max_tokens: int | None = None
@@ -216,7 +217,7 @@ def build_engines(onnx_model: str | Path, output: str | Path, fp16: bool = False
         raise SathmrError(f"{onnx_model}: an fp16 --static-budget graph holds stage A in fp16 too; TensorRT builds "
                           "fp16 from the two-stage export only (stage A stays fp32)")
     if meta.batch is None and max_batch > meta.max_batch:
-        raise SathmrError(f"--max-batch {max_batch}: {onnx_model} was exported for batches up to {meta.max_batch}")
+        raise SathmrError(f"--max-batch-size {max_batch}: {onnx_model} was exported for batches up to {meta.max_batch}")
     check_budget(meta, meta.batch or max_batch, max_tokens if meta.layout == "two-stage" else None)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

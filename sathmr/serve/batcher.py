@@ -27,6 +27,7 @@ from sathmr.errors import SathmrError
 
 T = TypeVar("T")
 R = TypeVar("R")
+DEFAULT_MAX_BODY_BYTES = 32 * 2 ** 20     # larger request bodies are refused (413) before they are queued
 log = logging.getLogger("sathmr.serve")
 
 

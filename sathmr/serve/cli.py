@@ -2,42 +2,40 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from sathmr.formats import model_options as shared_model_options
-from sathmr.optional import require
-from sathmr.serve.app import create_app
-from sathmr.serve.batcher import BatchPolicy
-from sathmr.serve.limits import SERVE_MAX_PIXELS, ServeLimits, uvicorn_config
-from sathmr.serve.ray_app import serve_with_ray
-from sathmr.serve.service import DEFAULT_MAX_BODY_BYTES, InferenceService, ModelSpec, ServeConfig
-from sathmr.serve.viewer import default_viewer_dir, find_viewer, install_viewer
+from sathmr.options import Command, config_options, device_option, threads_option, threshold_option
+from sathmr.serve.batcher import DEFAULT_MAX_BODY_BYTES, BatchPolicy
+from sathmr.serve.limits import SERVE_MAX_PIXELS, ServeLimits
+
+if TYPE_CHECKING:
+    from sathmr.serve.service import ModelSpec
 
 
 def model_options(f):
     """The options that pick the model, in one place (``model_spec`` turns them into a ModelSpec); --model,
-    --backend and --checkpoint mean what they mean for every command (:func:`sathmr.formats.model_options`)."""
-    for option in reversed([
-        click.option("--config", default=None, help="Model config of an official checkpoint (default sat_644)."),
-        click.option("--smpl-dir", type=click.Path(file_okay=False), help="SMPL folder (default weights/smpl_data/smpl)."),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ..."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="PyTorch intra-op threads per process (default: PyTorch's; with Ray: cores / replicas)."),
-    ]):
+    --backend and --checkpoint mean what they mean for every command (:func:`sathmr.options.model_options`)."""
+    for option in reversed([config_options, device_option(),
+                            threads_option(help="PyTorch intra-op threads per process (default: PyTorch's; with Ray: "
+                                                "cores / replicas).")]):
         f = option(f)
     return shared_model_options(f)
 
 
 def model_spec(backend, checkpoint, model_path, config, smpl_dir, device, threads) -> ModelSpec:
+    from sathmr.serve.service import ModelSpec
+
     return ModelSpec(backend, checkpoint, model_path, config, smpl_dir, device, threads)
 
 
-@click.command("serve")
+@click.command("serve", cls=Command)
 @model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--threshold", "-t", type=float, default=0.3, show_default=True,
-              help="Detection threshold of requests that name none (?threshold=).")
+@threshold_option(help="Detection threshold of requests that name none (?threshold=).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=BatchPolicy.max_batch_size, show_default=True,
               help="Most images per network batch.")
 @click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=BatchPolicy.max_queue_delay_ms,
@@ -67,6 +65,13 @@ def serve_command(backend, checkpoint, model_path, config, smpl_dir, device, thr
                   max_batch_size, max_queue_delay_ms, max_queue, max_body_mb, max_pixels, max_decodes, decode_memory_mb,
                   max_connections, viewer_dir, install_viewer_, ray_replicas, ray_address, graceful_timeout, access_log):
     """Serve the model over HTTP: POST /v1/infer, GET /v1/models, /healthz, /metrics, and a page at /."""
+    from sathmr.optional import require
+    from sathmr.serve.app import create_app
+    from sathmr.serve.limits import uvicorn_config
+    from sathmr.serve.ray_app import serve_with_ray
+    from sathmr.serve.service import InferenceService, ServeConfig
+    from sathmr.serve.viewer import find_viewer, install_viewer
+
     spec = model_spec(backend, checkpoint, model_path, config, smpl_dir, device, threads)
     limits = ServeLimits(max_decodes=max_decodes, decode_memory_bytes=decode_memory_mb * 2 ** 20,
                          max_connections=max_connections)
@@ -89,6 +94,8 @@ def serve_command(backend, checkpoint, model_path, config, smpl_dir, device, thr
 
 
 def check_viewer(viewer_dir) -> None:
+    from sathmr.serve.viewer import default_viewer_dir, find_viewer
+
     if find_viewer(viewer_dir) is None:
         click.echo(f"3D viewer not found in {viewer_dir or default_viewer_dir()}: the page shows no 3D view "
                    "(--install-viewer)", err=True)

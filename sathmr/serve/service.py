@@ -24,11 +24,9 @@ from sathmr.meshes import mesh_file_bytes
 from sathmr.postprocess import ImageResult, image_json
 from sathmr.preprocess import Prepared, check_pixels, decode_image, header_size
 from sathmr.render import result_mosaic
-from sathmr.serve.batcher import BatchPolicy, DynamicBatcher
+from sathmr.serve.batcher import DEFAULT_MAX_BODY_BYTES, BatchPolicy, DynamicBatcher
 from sathmr.serve.limits import SERVE_MAX_PIXELS, DecodeGate, ServeLimits
 from sathmr.serve.metrics import Metrics
-
-DEFAULT_MAX_BODY_BYTES = 32 * 2 ** 20
 
 
 @dataclass(frozen=True)

@@ -6,28 +6,11 @@ import math
 from pathlib import Path
 
 import click
-import torch
 
-from sathmr.api import Predictor
-from sathmr.backends import TorchBackend, load_backend
-from sathmr.body import default_smpl_dir, load_mean_params
-from sathmr.config import get_config
-from sathmr.distributed import launched_rank, start
 from sathmr.errors import SathmrError
-from sathmr.formats import choose_model, model_options
-from sathmr.io import ensure_writable, write_json
-from sathmr.model import build_model
-from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
-from sathmr.precision import precision_kwargs, precision_options
-from sathmr.train.data import open_dataset
-from sathmr.train.data.pipeline import BodyModels, HMRDataset
-from sathmr.train.data.readers import LAYOUTS, check_split
-from sathmr.train.engine import TrainConfig, evaluate, train
-from sathmr.train.metric_definitions import describe_metrics
-from sathmr.train.metrics import load_array, write_agora_submission
-from sathmr.weights import EMBEDDED, checkpoint_path, resolve
-from sathmr.zoo.local import model_file
-from sathmr.zoo.registry import MODELS
+from sathmr.formats import model_options
+from sathmr.options import CONFIG_HELP, Command, batch_size_option, device_option, input_option, output_option, threshold_option
+from sathmr.precision import precision_options
 
 PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
@@ -44,40 +27,66 @@ def parse_sets(specs: tuple[str, ...], default: str) -> list[tuple[str, str]]:
 
 
 def open_sets(root, specs, bodies, cfg, train: bool, seed: int = 0):
+    import torch
+
+    from sathmr.train.data import open_dataset
+    from sathmr.train.data.pipeline import HMRDataset
+
     sets = [HMRDataset(open_dataset(root, n, s), bodies, cfg, train=train, seed=seed) for n, s in specs]
     return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
 
 
 def body_for(smpl_dir, data_root):
     """The SMPL folder: given, else the one `sathmr data synthetic` wrote next to the data, else weights/."""
+    from sathmr.body.assets import default_smpl_dir
+
     if smpl_dir:
         return Path(smpl_dir)
     beside = Path(data_root) / "smpl"
     return beside if beside.is_dir() else default_smpl_dir()
 
 
-METRIC_KEYS = ("f1", "precision", "recall", "mpjpe", "mve", "nmje", "nmve", "pa_mpjpe", "pa_mve", "num_matched")
+#: metric → (unit, what it is), for the tables `sathmr eval` and `sathmr demo` print (``kid_*``: the same on kids)
+METRICS = {
+    "f1": ("", "detection F1 (a person is found when a prediction matches it)"),
+    "precision": ("", "found people among the predictions"),
+    "recall": ("", "people found among the ground truth"),
+    "mpjpe": ("mm", "mean per-joint position error of the matched people"),
+    "mve": ("mm", "mean vertex error of the matched people"),
+    "nmje": ("mm", "normalised MPJPE: MPJPE / F1 (penalises missed and false people)"),
+    "nmve": ("mm", "normalised MVE: MVE / F1"),
+    "pa_mpjpe": ("mm", "MPJPE after Procrustes alignment"),
+    "pa_mve": ("mm", "MVE after Procrustes alignment"),
+    "num_matched": ("", "people matched and measured"),
+}
 
 
 def metrics_table(metrics: dict, definitions: dict | None = None) -> str:
-    """Metric, value and (with ``definitions``) what it measures: protocol, threshold, joint set."""
-    keys = [k for k in (*METRIC_KEYS, *(f"kid_{k}" for k in METRIC_KEYS), "kid_num_gt") if k in metrics]
+    """Metric, value with its unit, and what it measures (with ``definitions``: protocol, threshold, joint set)."""
+    keys = [k for k in (*METRICS, *(f"kid_{k}" for k in METRICS), "kid_num_gt") if k in metrics]
+    unit, meaning = {}, {}
+    for k in keys:
+        unit[k], meaning[k] = METRICS.get(k.removeprefix("kid_"), ("", "ground-truth people flagged kid"))
     width = max(len(k) for k in keys)
-    vwidth = max(len(str(metrics[k])) for k in keys)
-    return "\n".join(f"{k:<{width}}  {metrics[k]!s:<{vwidth}}  {(definitions or {}).get(k, '')}".rstrip() for k in keys)
+    vals = {k: f"{metrics[k]} {unit[k]}".rstrip() for k in keys}
+    vwidth = max(len(v) for v in vals.values())
+    return "\n".join(f"{k:<{width}}  {vals[k]:<{vwidth}}  {(definitions or {}).get(k) or meaning[k]}" for k in keys)
 
 
-@click.command("train")
-@click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root (spec layout; `sathmr data synthetic` writes one).")
+SMPL_DATA_HELP = "SMPL folder (default: the smpl/ folder `sathmr data synthetic` writes next to the data, else weights/smpl_data/smpl)."
+
+
+@click.command("train", cls=Command, renamed={"--data": "--input"})
+@input_option(name="data_root", type=click.Path(file_okay=False), help="Dataset root (spec layout; `sathmr data synthetic` writes one).")
 @click.option("--dataset", "datasets", multiple=True, help="name:split, repeatable (default bedlam:train_6fps).")
 @click.option("--val-dataset", "val_sets", multiple=True, help="name:split evaluated after each epoch (default bedlam:validation_6fps if present).")
-@click.option("--config", default="sat_644", show_default=True)
-@click.option("--smpl-dir", type=click.Path(file_okay=False))
+@click.option("--config", default="sat_644", show_default=True, help="Architecture to train (`tiny336`: the embedded default's).")
+@click.option("--smpl-dir", type=click.Path(file_okay=False), help=SMPL_DATA_HELP)
 @click.option("--init", "init", default=None, help="'dinov2:PATH' or 'dinov2:dinov2_vitb14' (pretrained backbone), or a "
               "SAT-HMR checkpoint (official or ours; a file or a name from `sathmr models`).")
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False))
+@output_option(type=click.Path(file_okay=False), help="Run folder: checkpoints, logs (resumed when it holds checkpoints).")
 @click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--batch-size", type=int, default=6, show_default=True)
+@batch_size_option(default=6, help="Images per step and process.")
 @click.option("--lr", type=float, default=4e-5, show_default=True)
 @click.option("--lr-encoder", type=float, default=2e-5, show_default=True)
 @click.option("--max-steps", type=int, default=0, help="Stop after this many steps (schedule still spans --epochs).")
@@ -85,9 +94,9 @@ def metrics_table(metrics: dict, definitions: dict | None = None) -> str:
 @click.option("--min-lr-ratio", type=float, default=0.0, show_default=True, help="Cosine floor as a fraction of the LR.")
 @click.option("--gt-scale-epochs", type=int, default=1, show_default=True, help="Epochs in which the GT scale map selects tokens.")
 @click.option("--save-every", type=int, default=0, help="Also checkpoint every N steps.")
-@click.option("--workers", type=int, default=0)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading worker processes (0: in the training process).")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Detection threshold of the validation.")
+@threshold_option(default=0.5, help="Detection threshold of the validation.")
 @click.option("--no-resume", is_flag=True, help="Start over even if OUTPUT has checkpoints.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--no-dn", is_flag=True, help="Train without the denoising queries.")
@@ -96,6 +105,21 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
                   threshold, no_resume, seed, no_dn):
     """Train SAT-HMR; several processes: `torchrun --nproc-per-node N -m sathmr train ...` (--batch-size is
     per process) or `accelerate launch -m sathmr train ...`."""
+    import torch
+
+    from sathmr.api import Predictor
+    from sathmr.backends import TorchBackend
+    from sathmr.body import load_mean_params
+    from sathmr.config import get_config
+    from sathmr.distributed import launched_rank
+    from sathmr.model import build_model
+    from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
+    from sathmr.train.data.pipeline import BodyModels
+    from sathmr.train.engine import TrainConfig, evaluate, train
+    from sathmr.weights import checkpoint_path
+    from sathmr.zoo.local import model_file
+    from sathmr.zoo.registry import MODELS
+
     cfg = get_config(config)
     smpl = body_for(smpl_dir, data_root)
     bodies = BodyModels(smpl)
@@ -128,19 +152,18 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
     echo(f"done: {res['state']['global_step']} steps; model {Path(output) / 'model_final.safetensors'}")
 
 
-@click.command("eval")
-@click.option("--data", "data_root", required=True, type=click.Path(file_okay=False), help="Dataset root.")
+@click.command("eval", cls=Command, renamed={"--data": "--input"})
+@input_option(name="data_root", type=click.Path(file_okay=False), help="Dataset root (spec layout; `sathmr data synthetic` writes one).")
 @click.option("--dataset", "dataset", default="bedlam:validation_6fps", show_default=True, help="name:split")
 @model_options
 @precision_options("accuracy")
-@click.option("--config", default=None)
-@click.option("--smpl-dir", type=click.Path(file_okay=False))
-@click.option("--threshold", type=float, default=None,
-              help="Detection threshold; default: the protocol's official one (AGORA/BEDLAM 0.5, 3DPW 0.3).")
+@click.option("--config", default=None, help=CONFIG_HELP)
+@click.option("--smpl-dir", type=click.Path(file_okay=False), help=SMPL_DATA_HELP)
+@threshold_option(default=None, help="Detection threshold; default: the protocol's official one (AGORA/BEDLAM 0.5, 3DPW 0.3).")
 @click.option("--protocol", type=click.Choice(["agora", "3dpw"]), default=None, help="Default: 3dpw for 3dpw data, else agora.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@batch_size_option(default=4)
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N images.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
 @click.option("--agora-submission", "submission_path", type=click.Path(),
               help="Also write the AGORA test submission (the original's test_agora layout) of the kept people: this "
@@ -149,6 +172,19 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, m
                  batch_size, limit, device, json_path, submission_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
     (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
+    from sathmr.api import Predictor
+    from sathmr.backends import load_backend
+    from sathmr.distributed import start
+    from sathmr.formats import choose_model
+    from sathmr.io import ensure_writable, write_json
+    from sathmr.precision import precision_kwargs
+    from sathmr.train.data.pipeline import BodyModels
+    from sathmr.train.data.readers import LAYOUTS, check_split
+    from sathmr.train.engine import evaluate
+    from sathmr.train.metric_definitions import describe_metrics
+    from sathmr.train.metrics import load_array, write_agora_submission
+    from sathmr.weights import EMBEDDED, resolve
+
     (name, split), = parse_sets((dataset,), dataset)
     check_split(data_root, name, split)     # before any model is loaded
     has_gt = split in LAYOUTS[name].annots
@@ -168,6 +204,8 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, m
     be = load_backend(choice.backend, checkpoint=choice.checkpoint, model_path=choice.model_path, config=config,
                       smpl_dir=res.smpl_dir, device=group.device,
                       **precision_kwargs(precision, compile_, allow_emulated=True, backend=choice.backend))
+    if choice.model_path is not None:
+        group.echo(be.info["note"], err=True)       # an export says what it is (and whether it is the embedded default)
     smpl = Path(res.smpl_dir)
     bodies = BodyModels(smpl)
     body = bodies.get("neutral")

@@ -19,28 +19,14 @@ files), so a missed frame is a longer step, not a skipped one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from sathmr.errors import SathmrError
 from sathmr.postprocess import Person, project
-
-
-@dataclass(frozen=True)
-class SmoothConfig:
-    min_cutoff: float = 1.0       # Hz: cutoff of a still signal (lower = smoother, more lag)
-    beta: float = 1.0             # s per unit of speed: how fast the cutoff rises with motion
-    d_cutoff: float = 1.0         # Hz: cutoff of the speed estimate itself
-
-    def __post_init__(self) -> None:
-        if not (self.min_cutoff > 0 and self.beta >= 0 and self.d_cutoff > 0):
-            raise SathmrError(f"smoothing: need min_cutoff > 0, beta >= 0, d_cutoff > 0, got {self}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from sathmr.video.config import SmoothConfig
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray:

@@ -20,7 +20,8 @@ wrong there, and what is ours (the cost, the rules below) is small and tested.
 Rules:
 * **duplicates**: SAT-HMR has no NMS, so one person can come twice; a detection that overlaps (box IoU
   ``dup_iou`` or more) a detection matched to a confirmed track is that person again: it neither
-  matches a tentative track nor starts one (likewise for detections matched to tentative tracks).
+  matches a tentative track nor starts one (likewise for detections matched to tentative tracks); of
+  unmatched detections overlapping each other that much, only the best-scoring one starts a track.
 * **birth**: an unmatched detection that is not a duplicate starts a *tentative* track. A tentative
   track is *confirmed*, and gets the next integer id (1, 2, …), once it has been matched ``min_hits``
   times in a row; in the first ``min_hits`` frames of a stream every new track is
@@ -34,43 +35,16 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from sathmr.errors import SathmrError
 from sathmr.postprocess import Person, box_iou
+from sathmr.video.config import TrackerConfig
 
 BODY_JOINTS = 24         # SMPL joints used for the pose term (the first 24 of the 45 outputs)
 _BLOCKED = 1e6           # cost of a forbidden pair (scipy wants finite costs)
-
-
-@dataclass(frozen=True)
-class TrackerConfig:
-    max_missed: int = 10          # frames a confirmed track survives without a match (1/3 s at 30 fps)
-    min_hits: int = 2             # consecutive matches that confirm a tentative track
-    max_cost: float = 0.75        # pairs costing more are never matched
-    w_iou: float = 0.5
-    w_pelvis: float = 0.3
-    w_pose: float = 0.2
-    pelvis_norm_m: float = 1.0    # pelvis distance at which its term saturates (and the no-overlap gate)
-    pose_norm_m: float = 0.3      # root-relative MPJPE at which the pose term saturates
-    dup_iou: float = 0.7          # an unmatched detection overlapping a matched one this much is a duplicate
-    momentum: float = 0.5         # weight of the old velocity in the velocity update (0: last step only)
-
-    def __post_init__(self) -> None:
-        if self.max_missed < 0 or self.min_hits < 1:
-            raise SathmrError(f"tracker: need max_missed >= 0 and min_hits >= 1, got {self.max_missed}, {self.min_hits}")
-        if min(self.w_iou, self.w_pelvis, self.w_pose) < 0 or self.w_iou + self.w_pelvis + self.w_pose <= 0:
-            raise SathmrError("tracker: cost weights must be >= 0 and not all 0")
-        if not 0 < self.max_cost or self.pelvis_norm_m <= 0 or self.pose_norm_m <= 0:
-            raise SathmrError("tracker: max_cost, pelvis_norm_m and pose_norm_m must be > 0")
-        if not 0 <= self.momentum < 1 or not 0 < self.dup_iou <= 1:
-            raise SathmrError("tracker: momentum must be in [0, 1) and dup_iou in (0, 1]")
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -163,7 +137,11 @@ class Tracker:
             survivors.append(t)
         self.tracks = survivors
         new = [d for d in range(len(people)) if d not in matches and d not in duplicates]
-        for d in new:
+        born: dict[int, int] = {}
+        for d in sorted(new, key=lambda d: -people[d].score):       # the best of overlapping newcomers starts the track
+            if self._duplicates(people, {**matches, **born}, only=d):
+                continue
+            born[d] = -1
             box, pelvis, rel = _observation(people[d])
             track = Track(box, pelvis, rel, frame)
             if self.frames_seen <= c.min_hits:
@@ -172,9 +150,10 @@ class Tracker:
             owner[d] = track
         return [Tracked(owner[d].id, people[d]) for d in range(len(people)) if d in owner and owner[d].id > 0]
 
-    def _duplicates(self, people: Sequence[Person], matches: dict[int, int]) -> set[int]:
-        """Unmatched detections overlapping a matched one by ``dup_iou`` or more: the same person again."""
-        rest = [d for d in range(len(people)) if d not in matches]
+    def _duplicates(self, people: Sequence[Person], matches: dict[int, int], only: int | None = None) -> set[int]:
+        """Unmatched detections (or just ``only``) overlapping a matched one by ``dup_iou`` or more: the
+        same person again."""
+        rest = [d for d in range(len(people)) if d not in matches] if only is None else [only]
         if not rest or not matches:
             return set()
         taken = np.array([people[d].box for d in matches], dtype=np.float64)

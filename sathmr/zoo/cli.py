@@ -9,7 +9,7 @@ import click
 from sathmr.body.assets import SMPL_SOURCE, default_smpl_dir, find_model_file
 from sathmr.errors import SathmrError
 from sathmr.files import weights_dir
-from sathmr.zoo.fetch import fetch
+from sathmr.options import Command, Group, output_option
 from sathmr.zoo.local import LocalState, Records, check, packaged_config, records_path
 from sathmr.zoo.registry import ModelEntry, get_entry, list_models
 
@@ -51,7 +51,7 @@ def _json(s: LocalState) -> dict:
             "reported": [{"benchmark": r.benchmark, "threshold": r.threshold, **dict(r.values)} for r in e.reported]}
 
 
-@click.command("models")
+@click.command("models", cls=Command)
 @click.argument("pattern", default="*")
 @click.option("--verify", is_flag=True, help="Hash the local files not hashed since they last changed (seconds per GB).")
 @click.option("--details", "-v", is_flag=True, help="A card per model: source, licence, checksum, published results.")
@@ -60,6 +60,7 @@ def models_command(pattern: str, verify: bool, details: bool, as_json: bool) -> 
     """The known models (PATTERN: a name, part of one or a shell pattern), whether each is on this machine
     (in $SATHMR_WEIGHTS or ./weights) and verified, and what it is for."""
     entries = list_models(pattern)
+    entries = [e for e in entries if e.name == pattern] or entries     # an exact name: its card, not a table
     if not entries:
         raise SathmrError(f"no model matches {pattern!r}; `sathmr models` lists them all")
     records = Records()
@@ -76,23 +77,25 @@ def models_command(pattern: str, verify: bool, details: bool, as_json: bool) -> 
                "get a model with `sathmr weights fetch NAME`", err=True)
 
 
-@click.group("weights")
+@click.group("weights", cls=Group)
 def weights_group() -> None:
     """Model weights: fetch them from where the registry says (`sathmr models` lists them)."""
 
 
-@weights_group.command("fetch")
+@weights_group.command("fetch", renamed={"--dest": "--output"})
 @click.argument("names", nargs=-1, required=True)
-@click.option("--dest", type=click.Path(file_okay=False), default=None,
-              help="Folder to put the files in (default: $SATHMR_WEIGHTS or ./weights, where every command looks).")
+@output_option(required=False, type=click.Path(file_okay=False), default=None,
+               help="Folder to put the files in (default: $SATHMR_WEIGHTS or ./weights, where every command looks).")
 @click.option("--force", is_flag=True, help="Download again even if the file is there (and accept a new upstream version).")
-def fetch_command(names: tuple[str, ...], dest: str | None, force: bool) -> None:
+def fetch_command(names: tuple[str, ...], output: str | None, force: bool) -> None:
     """Download models by name from the Hugging Face Hub (or their published URL): resumable, checked
     against their sha256, moved into place only when complete. HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and
     HF_HUB_CACHE are honoured. SMPL is never fetched (licence)."""
+    from sathmr.zoo.fetch import fetch
+
     entries = [get_entry(n) for n in names]          # every name checked before any download
     for entry in entries:
-        got = fetch(entry, dest, force=force)
+        got = fetch(entry, output, force=force)
         click.echo(f"{entry.name}: {got.how} {got.path} ({got.size / 1e6:.1f} MB), sha256 {got.sha256[:16]}… "
                    f"checked against {got.check}")
     if any(e.kind == "checkpoint" for e in entries):

@@ -34,22 +34,18 @@ from sathmr.errors import SathmrError
 from sathmr.postprocess import box_iou
 from sathmr.render import render_meshes
 from sathmr.train.data.annots_io import save_annots
+from sathmr.train.data.defaults import HEIGHT_RANGE, LAYOUT_SPLITS, MAX_PEOPLE, SPLITS
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels
 from sathmr.train.data.poses import POSE_PRIORS
 from sathmr.train.data.readers import LAYOUTS
 
-# --split → BEDLAM split name read back by ``open_dataset(out, 'bedlam', <name>)``
-SPLITS = {"train": "train_6fps", "val": "validation_6fps"}
-LAYOUT_SPLITS = {"bedlam": SPLITS, "agora": {"train": "train", "val": "validation"}}
 KID_STREAM = 1              # kid flags of scene i come from default_rng([seed, i, KID_STREAM])
 ASPECTS = ((4, 3), (16, 9), (1, 1), (3, 4), (9, 16), (3, 2))
 BODY_HEIGHT_M = 1.7
 BACK_SHADE = 0.35           # the back of a mannequin is its colour times this
 PATCH_COLOR = 255           # the face and chest patch on its front (white; person colours stay below it)
 COLOR_RANGE = (40, 200)     # per-channel person colours
-HEIGHT_RANGE = (0.2, 0.9)   # apparent body height as a fraction of the long image side (log-uniform)
-MAX_PEOPLE = 4
 FACING_CAMERA = 0.5         # fraction of people whose heading is within ±FACING_SPREAD of the camera
 FACING_SPREAD = np.pi / 4
 MAX_OVERLAP = 0.25          # box IoU allowed between two people of a scene (re-drawn up to PLACE_TRIES)
