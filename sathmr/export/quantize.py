@@ -43,7 +43,7 @@ log = logging.getLogger("sathmr.export")
 QUANTISED_OPS = ("MatMul", "Gemm")
 #: the modules whose matrix products are quantised: stages B/C (prefixes of the exporter's module paths)
 STAGE_BC_MODULES = ("model.encoder.", "model.feature_proj")
-#: the decoder's projections of the memory (the ~2000 stage-C tokens), 94 % of its matrix-product FLOPs
+#: the decoder's projections of the memory (the ~2000 stage-C tokens), ~90 % of its matrix-product FLOPs
 #: with 50 queries; the query-side products and the heads stay float32
 MEMORY_PROJECTIONS = (".ca_kcontent_proj", ".ca_kpos_proj", ".ca_v_proj")
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"    # the module path torch.onnx records on every node
