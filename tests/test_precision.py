@@ -24,7 +24,7 @@ from sathmr.cli import main
 from sathmr.errors import SathmrError
 from sathmr.export.meta import read_artifact
 from sathmr.export.onnx import quantize_export
-from sathmr.export.quantize import module_path, stage_bc_nodes
+from sathmr.export.quantize import MEMORY_PROJECTIONS, module_path, module_scopes, quantised_nodes
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.parity import compare_backends
 from sathmr.precision import plan_precision
@@ -159,8 +159,9 @@ def int8_export(tiny_export, tmp_path_factory):
     return quantize_export(tiny_export.path, tmp_path_factory.mktemp("int8") / "tiny_int8")
 
 
-def test_int8_quantises_stages_b_and_c_only(tiny_export, int8_export):
-    """Stage A (the scale_map graph), the decoder and the heads stay float; every weight of stages B/C is int8."""
+def test_int8_quantises_stages_b_and_c_and_the_memory_projections(tiny_export, int8_export):
+    """Stage A (the scale_map graph), the decoder's query side and the heads stay float; every weight of
+    stages B/C and of the decoder's projections of the memory tokens is int8."""
     assert int8_export.meta.precision == "int8" and read_artifact(tiny_export.path).meta.precision == "fp32"
     tokens = graph_op_types(int8_export.files["tokens"])
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= tokens
@@ -168,12 +169,17 @@ def test_int8_quantises_stages_b_and_c_only(tiny_export, int8_export):
     assert {"MultiHeadAttention", "SkipLayerNormalization"} <= tokens and "MatMul" in tokens
     fp32 = onnx.load(str(tiny_export.files["tokens"]), load_external_data=False)
     int8 = onnx.load(str(int8_export.files["tokens"]), load_external_data=False)
-    bc = stage_bc_nodes(fp32)
+    bc = quantised_nodes(fp32)
     cfg = tiny_export.meta.cfg
-    assert len(bc) == 4 * cfg.depth + 1    # qkv, proj, fc1, fc2 of every block (stage B: 0..split-1, C: the rest) + feature_proj
+    # qkv, proj, fc1, fc2 of every block (stage B: 0..split-1, C: the rest) + feature_proj; per decoder
+    # layer the memory's content-key, positional-key and value projections
+    assert len(bc) == 4 * cfg.depth + 1 + 3 * cfg.dec_layers
     assert sum(n.op_type == "MatMulInteger" for n in int8.graph.node) == len(bc)
-    float_modules = {module_path(n).partition(".")[2].split(".")[0] for n in int8.graph.node if n.op_type == "MatMul"}
+    float_mm = [n for n in int8.graph.node if n.op_type == "MatMul"]
+    float_modules = {module_path(n).partition(".")[2].split(".")[0] for n in float_mm}
     assert {"decoder", "pose_head", "cam_head"} <= float_modules and "encoder" not in float_modules
+    assert not any(s.endswith(MEMORY_PROJECTIONS) for n in float_mm for s in module_scopes(n))
+    assert any(s.endswith(".ca_qcontent_proj") for n in float_mm for s in module_scopes(n))   # the query side
     assert graph_op_types(int8_export.files["scale_map"]) == graph_op_types(tiny_export.files["scale_map"])
     assert "MatMulInteger" not in graph_op_types(int8_export.files["scale_map"])
     # the quantised weights take a quarter of their float32 bytes (the decoder and heads keep theirs)

@@ -4,11 +4,14 @@ What is quantised, and why this kind (measured; figures in the README's performa
   * **dynamic** quantisation (``onnxruntime.quantization.quantize_dynamic``): weights to int8 once, at
     export; activations per tensor at run time. Static (QDQ) quantisation would need calibration images
     and activation ranges for token axes whose length changes with every image.
-  * **the MatMul weights of stages B/C only** — the Linears of the ViT blocks on the selected tokens and
-    ``feature_proj``, ~80 % of the FLOPs; nodes are picked by the module path the exporter records on
-    each node (``STAGE_BC_MODULES``). The decoder and the heads stay float32 for the reason bf16 keeps
-    them (``sathmr.model.sathmr.precision_scopes``): cheap, but the source of most of the error —
-    quantising them too moved joints 27 mm on the embedded model's synthetic scenes. The attention
+  * **the MatMul weights of stages B/C and of the decoder's memory projections** — the Linears of the
+    ViT blocks on the selected tokens and ``feature_proj`` (~80 % of the FLOPs), and the cross-attention
+    key/value projections that every decoder layer applies to those ~2000 tokens
+    (``MEMORY_PROJECTIONS``; float32, they were ~10 % of the int8 graph's time on sat_644); nodes are
+    picked by the module paths the exporter records on each node. The rest of the decoder (the 50
+    queries' products) and the heads stay float32 for the reason bf16 keeps them
+    (``sathmr.model.sathmr.precision_scopes``): cheap, but the source of most of the error — quantising
+    them too moved joints 27 mm on the embedded model's synthetic scenes. The attention
     products of activations stay float as well (``MatMulConstBOnly``). ONNX Runtime's contrib operators of
     the default target (MultiHeadAttention, SkipLayerNormalization, BiasGelu) pass through unchanged:
     the quantiser only rewrites the MatMul nodes that feed them (MatMulInteger + DynamicQuantizeLinear,
@@ -40,6 +43,9 @@ log = logging.getLogger("sathmr.export")
 QUANTISED_OPS = ("MatMul", "Gemm")
 #: the modules whose matrix products are quantised: stages B/C (prefixes of the exporter's module paths)
 STAGE_BC_MODULES = ("model.encoder.", "model.feature_proj")
+#: the decoder's projections of the memory (the ~2000 stage-C tokens), ~90 % of its matrix-product FLOPs
+#: with 50 queries; the query-side products and the heads stay float32
+MEMORY_PROJECTIONS = (".ca_kcontent_proj", ".ca_kpos_proj", ".ca_v_proj")
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"    # the module path torch.onnx records on every node
 #: "QUInt8": accurate on every x86 CPU. "QInt8" (U8S8) is ONNX Runtime's default and as accurate on CPUs
 #: with VNNI, but on AVX2 without it the saturation moved joints ~26 mm on the tiny model (2.8 mm with QUInt8)
@@ -85,24 +91,37 @@ def drop_initializer_value_info(model: onnx.ModelProto) -> int:
     return dropped
 
 
-def module_path(node: onnx.NodeProto) -> str:
-    """The top module a node was exported from (``model.encoder.blocks.0``), "" when not recorded."""
+def module_scopes(node: onnx.NodeProto) -> list[str]:
+    """The modules a node was exported from, outermost first (``['', 'model.encoder.blocks.0', ...]``)."""
     scope = next((p.value for p in node.metadata_props if p.key == SCOPE_KEY), "")
     try:
-        scopes = ast.literal_eval(scope) if scope else []     # a list literal: ['', 'model.encoder.blocks.0', ...]
+        scopes = ast.literal_eval(scope) if scope else []     # a list literal
     except (ValueError, SyntaxError):
-        return ""
-    return scopes[1] if isinstance(scopes, list) and len(scopes) > 1 and isinstance(scopes[1], str) else ""
+        return []
+    return [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else []
 
 
-def stage_bc_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the matrix products with a constant weight that belong to stages B/C."""
+def module_path(node: onnx.NodeProto) -> str:
+    """The top module a node was exported from (``model.encoder.blocks.0``), "" when not recorded."""
+    scopes = module_scopes(node)
+    return scopes[1] if len(scopes) > 1 else ""
+
+
+def quantised_module(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` belongs to stages B/C or is one of the decoder's memory projections."""
+    scopes = module_scopes(node)
+    return (len(scopes) > 1 and scopes[1].startswith(STAGE_BC_MODULES)) or \
+        any(s.startswith("model.decoder.") and s.endswith(MEMORY_PROJECTIONS) for s in scopes)
+
+
+def quantised_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the matrix products with a constant weight to quantise (:func:`quantised_module`)."""
     consts = {t.name for t in model.graph.initializer}
     picked = []
     for node in model.graph.node:
         if node.op_type not in QUANTISED_OPS or len(node.input) < 2 or node.input[1] not in consts:
             continue
-        if module_path(node).startswith(STAGE_BC_MODULES):
+        if quantised_module(node):
             picked.append(node.name)
     if not picked:   # the exporter no longer records module paths: a bug to fix here, not the user's
         raise RuntimeError(f"no stage-B/C matrix product found to quantise (no {SCOPE_KEY} metadata on the nodes?)")
@@ -186,7 +205,7 @@ def quantize_weights(path: Path, output: Path | None = None, props: dict[str, st
     with _quiet_root_logger():
         quant.quantize_dynamic(original, tmp, op_types_to_quantize=list(QUANTISED_OPS),
                                weight_type=getattr(quant.QuantType, wtype), per_channel=False,
-                               reduce_range=False, nodes_to_quantize=stage_bc_nodes(original),
+                               reduce_range=False, nodes_to_quantize=quantised_nodes(original),
                                extra_options={"MatMulConstBOnly": True})
     model = onnx.load(str(tmp))
     topological_sort(model.graph)
