@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 from PIL import Image
 
 from sathmr.hardware import cpu_description
-from sathmr.serve.client import Client, wait_ready
+from sathmr.serve.client import Client, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,13 +103,7 @@ def scenario(name: str, png: bytes, uploads: int, serve_args: list[str]) -> dict
                             "max_s": max((d for _, d in health), default=float("nan"))},
                 "first_error": next((r.json().get("error") for r in replies if r.status != 200), None)}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_server(proc, 60)
         log.close()
 
 

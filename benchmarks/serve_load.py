@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import cv2
 import numpy as np
 
 from sathmr.bench.measure import cpu_info
-from sathmr.serve.client import Client, wait_ready
+from sathmr.serve.client import Client, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,11 +109,7 @@ def run_one(images: dict[str, bytes], clients: int, requests: int, batch: int, d
         after = metric_batches(c.get("/metrics").body.decode())
         c.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, 120)
         log.close()
     ok = [r for r in replies if r[1] == 200]
     wrong = sum(not same_people(body, reference[name]) or body["image"] != name for name, _, body, _, _ in ok)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -96,3 +98,15 @@ def wait_ready(url: str, timeout: float = 120.0, alive: Callable[[], bool] = lam
             time.sleep(0.25)
     finally:
         c.close()
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM a ``sathmr serve`` process (it drains what is in flight), kill it if it outlasts ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
