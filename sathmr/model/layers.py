@@ -114,6 +114,42 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
+def frozen_inference() -> bool:
+    """True in eager inference (autograd off, not tracing, exporting or compiling): values derived from
+    the weights may then be kept between forwards. Everywhere else they are recomputed in the graph."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting())
+
+
+class Derived:
+    """A tensor computed from parameters, kept until one of them changes.
+
+    Valid while every source is the same tensor object with the same version counter (bumped by each
+    in-place update: ``load_state_dict``, optimiser steps, ``copy_`` under ``no_grad``), storage, dtype
+    and device (``.to()``, ``.half()``). The sources are held, so a replaced parameter can never be
+    mistaken for a new one at the same address. Writes through ``.data`` bypass version counters: call
+    :meth:`clear` after those. Outside :func:`frozen_inference`, or when a source is an inference tensor
+    (a model built under ``torch.inference_mode``: no version counter), it is computed on every call.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._sources: tuple[torch.Tensor, ...] = ()
+        self._key: tuple = ()
+        self._value = None
+
+    def get(self, compute, *sources: torch.Tensor):
+        if not frozen_inference() or any(t.is_inference() for t in sources):
+            return compute()
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+        if (len(sources) != len(self._sources) or any(a is not b for a, b in zip(sources, self._sources))
+                or key != self._key):
+            self._value, self._sources, self._key = compute(), sources, key
+        return self._value
+
+
 def run_blocks(blocks, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
     mask = key_mask_bias(key_valid, x.dtype)
     for blk in blocks:
