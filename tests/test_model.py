@@ -216,3 +216,18 @@ def test_inference_heads_equal_the_last_layer_of_all(tiny_model):
     assert last[0].keys() == every[-1].keys()
     for k, v in last[0].items():
         assert torch.equal(v, every[-1][k]), k
+
+
+def test_batched_inference_heads_equal_per_layer_heads(tiny_model):
+    """Eager inference runs the six layers' pose/shape heads as one batched MLP each: same values as
+    each layer's own heads (the path autograd and the exported graphs take)."""
+    torch.manual_seed(8)
+    hs = [torch.randn(2, TINY.num_queries, TINY.embed_dim) for _ in range(TINY.dec_layers)]
+    boxes = [torch.rand(2, TINY.num_queries, 4) for _ in range(TINY.dec_layers)]
+    with torch.no_grad():
+        batched = tiny_model.heads(hs, boxes)
+        assert tiny_model._stacked_heads._value is not None
+    per_layer = tiny_model.heads(hs, boxes)              # autograd on: each layer's own heads
+    for b, p in zip(batched, per_layer):
+        for k in ("pred_pose6d", "pred_betas"):
+            torch.testing.assert_close(b[k], p[k].detach(), rtol=1e-6, atol=1e-6)

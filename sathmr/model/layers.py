@@ -64,6 +64,22 @@ class MLP(nn.Module):
         return x
 
 
+def stack_mlps(mlps) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Equally shaped MLPs → per depth (weights (N, in, out), biases (N, 1, out)) for :func:`batched_mlp`."""
+    return [(torch.stack([m.layers[j].weight.t() for m in mlps]), torch.stack([m.layers[j].bias for m in mlps])[:, None])
+            for j in range(len(mlps[0].layers))]
+
+
+def batched_mlp(x: torch.Tensor, stacked: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """N different MLPs on N inputs (N, M, in) at once: one ``baddbmm`` per depth instead of N ``addmm``
+    (the same products, bit for bit on CPU, in fewer and better-threaded calls)."""
+    for j, (w, b) in enumerate(stacked):
+        x = torch.baddbmm(b, x, w)
+        if j < len(stacked) - 1:
+            x = F.relu(x)
+    return x
+
+
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init: float = 1.0):
         super().__init__()

@@ -20,7 +20,7 @@ from torch import nn
 from sathmr.config import ModelConfig
 from sathmr.model.decoder import Decoder
 from sathmr.model.geometry import bicubic_half_matrix, sine_xy
-from sathmr.model.layers import MLP, Block, Derived, run_blocks
+from sathmr.model.layers import MLP, Block, Derived, batched_mlp, frozen_inference, run_blocks, stack_mlps
 from sathmr.model.tokens import Selection, TokenBudget, TokenLayout, TokenSelector, cell_mask, token_layout, token_outputs
 
 # Names of the network outputs, in the order an exported graph returns them.
@@ -92,7 +92,7 @@ class SATHMR(nn.Module):
         self.register_buffer("mean_pose", torch.zeros(6 * J) if mean_pose is None else mean_pose.float().clone())
         self.register_buffer("mean_shape", torch.zeros(cfg.num_betas) if mean_shape is None else mean_shape.float().clone())
         self.register_buffer("_half", bicubic_half_matrix(cfg.grid0), persistent=False)
-        self._pos1 = Derived()
+        self._pos1, self._stacked_heads = Derived(), Derived()
         self._init_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -230,10 +230,11 @@ class SATHMR(nn.Module):
         B, Q, _ = hs[0].shape
         pose = self.mean_pose.expand(B, Q, -1)
         betas = self.mean_shape.expand(B, Q, -1)
+        deltas = self._head_deltas(hs)
         out = []
         for i, h in enumerate(hs):
-            pose = pose + self.pose_head[i](h)
-            betas = betas + self.shape_head[i](h)
+            pose = pose + (deltas[0][i] if deltas else self.pose_head[i](h))
+            betas = betas + (deltas[1][i] if deltas else self.shape_head[i](h))
             if all_layers or i == len(hs) - 1:
                 out.append({
                     "pred_boxes": boxes[i],
@@ -243,6 +244,18 @@ class SATHMR(nn.Module):
                     "pred_cam": self.cam_head(h),
                 })
         return out
+
+    def _head_deltas(self, hs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Eager inference: every layer's pose and shape head in one batched MLP each, (L, B, Q, ·); the
+        stacked weights are kept (:class:`Derived`). None elsewhere (each layer's own heads)."""
+        if not frozen_inference():
+            return None
+        heads = (self.pose_head, self.shape_head)
+        stacked = self._stacked_heads.get(lambda: [stack_mlps(h) for h in heads],
+                                          *(p for h in heads for p in h.parameters()))
+        x = torch.stack(hs).flatten(1, 2)                       # (L, B·Q, C)
+        shape = (len(hs), *hs[0].shape[:2], -1)
+        return batched_mlp(x, stacked[0]).view(shape), batched_mlp(x, stacked[1]).view(shape)
 
     def forward(self, images: torch.Tensor, img_hw: torch.Tensor, dn=None,
                 scale_map_override: torch.Tensor | None = None, reduced: torch.dtype | None = None,
