@@ -181,3 +181,53 @@ def test_sat_overflow_demotes_largest_scale_first():
     assert kept == [0, 1, 2, 3, 4]              # the five smallest scales
     assert sel.overflow[0].tolist() == [11, 0]  # the rest went to level 1, nothing dropped
     assert sel.counts[0].tolist() == [20, 11, 0]
+
+
+def test_position_table_kept_in_inference_and_refreshed_on_change():
+    """Eager inference computes the level-1 table once; any change of the level-0 table recomputes it."""
+    torch.manual_seed(1)
+    m = build_model(TINY).eval()
+    fresh = lambda: torch.einsum("ij,jkc,lk->ilc", m._half, m.encoder_pos_embeds.detach(), m._half)  # noqa: E731
+    with torch.no_grad():
+        first = m.level1_pos_table()
+        assert m.level1_pos_table() is first                       # kept
+        m.encoder_pos_embeds.add_(1.0)                             # in-place update (version bump)
+        assert torch.equal(m.level1_pos_table(), fresh()) and not torch.equal(first, fresh())
+        m.load_state_dict(build_model(TINY).state_dict())          # a reload copies in place
+        assert torch.equal(m.level1_pos_table(), fresh())
+        m.encoder_pos_embeds = torch.nn.Parameter(torch.randn_like(m.encoder_pos_embeds))  # replaced
+        assert torch.equal(m.level1_pos_table(), fresh())
+        m.double()                                                 # new dtype
+        assert m.level1_pos_table().dtype == torch.float64
+    # autograd on: computed in the graph every time, gradients reach the level-0 table
+    m.float()
+    m.level1_pos_table().sum().backward()
+    assert m.encoder_pos_embeds.grad is not None and m.encoder_pos_embeds.grad.abs().sum() > 0
+
+
+def test_inference_heads_equal_the_last_layer_of_all(tiny_model):
+    """``all_layers=False`` skips the earlier layers' confidence and camera heads, nothing else."""
+    torch.manual_seed(7)
+    img, hw = torch.randn(1, 3, 448, 448), torch.tensor([[448, 400]])
+    with torch.no_grad():
+        every = tiny_model(img, hw)["layers"]
+        last = tiny_model(img, hw, all_layers=False)["layers"]
+    assert len(every) == TINY.dec_layers and len(last) == 1
+    assert last[0].keys() == every[-1].keys()
+    for k, v in last[0].items():
+        assert torch.equal(v, every[-1][k]), k
+
+
+def test_batched_inference_heads_equal_per_layer_heads(tiny_model):
+    """Eager inference runs the six layers' pose/shape heads as one batched MLP each: same values as
+    each layer's own heads (the path autograd and the exported graphs take)."""
+    torch.manual_seed(8)
+    hs = [torch.randn(2, TINY.num_queries, TINY.embed_dim) for _ in range(TINY.dec_layers)]
+    boxes = [torch.rand(2, TINY.num_queries, 4) for _ in range(TINY.dec_layers)]
+    with torch.no_grad():
+        batched = tiny_model.heads(hs, boxes)
+        assert tiny_model._stacked_heads._value is not None
+    per_layer = tiny_model.heads(hs, boxes)              # autograd on: each layer's own heads
+    for b, p in zip(batched, per_layer):
+        for k in ("pred_pose6d", "pred_betas"):
+            torch.testing.assert_close(b[k], p[k].detach(), rtol=1e-6, atol=1e-6)

@@ -53,7 +53,7 @@ class TokensGraph(nn.Module):
         sel = Selection(sat_idx, sat_valid, ctx_idx, ctx_valid)
         mem = self.model.forward_tokens(images.to(self.dtype), t1.flatten(1, 2).to(self.dtype), cls.to(self.dtype),
                                         sel, always_mask=True)
-        layers, _ = self.model.forward_decoder(mem)
+        layers, _ = self.model.forward_decoder(mem, all_layers=False)
         return _floats(layers[-1], QUERY_OUTPUTS)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from sathmr.config import ModelConfig
 from sathmr.model.decoder import Decoder
 from sathmr.model.geometry import bicubic_half_matrix, sine_xy
-from sathmr.model.layers import MLP, Block, run_blocks
+from sathmr.model.layers import MLP, Block, Derived, batched_mlp, frozen_inference, run_blocks, stack_mlps
 from sathmr.model.tokens import Selection, TokenBudget, TokenLayout, TokenSelector, cell_mask, token_layout, token_outputs
 
 # Names of the network outputs, in the order an exported graph returns them.
@@ -92,6 +92,7 @@ class SATHMR(nn.Module):
         self.register_buffer("mean_pose", torch.zeros(6 * J) if mean_pose is None else mean_pose.float().clone())
         self.register_buffer("mean_shape", torch.zeros(cfg.num_betas) if mean_shape is None else mean_shape.float().clone())
         self.register_buffer("_half", bicubic_half_matrix(cfg.grid0), persistent=False)
+        self._pos1, self._stacked_heads = Derived(), Derived()
         self._init_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -116,10 +117,14 @@ class SATHMR(nn.Module):
     def level1_pos_table(self) -> torch.Tensor:
         """The (G1, G1, C) level-1 position table: bicubic 2x reduction of the level-0 table [must match].
 
-        Recomputed on every call, so it can never go stale after a weight reload (the original caches it
-        on the first eval forward, spec §4.5 — a quirk we do not reproduce; the values are the same).
+        A function of the weights only: eager inference computes it once and keeps it until the table
+        changes (:class:`Derived`, so a weight reload can never leave it stale — the original caches it
+        on its first eval forward and keeps it even then, spec §4.5); training and exported graphs
+        compute it in the graph.
         """
-        return torch.einsum("ij,jkc,lk->ilc", self._half, self.encoder_pos_embeds, self._half)
+        return self._pos1.get(
+            lambda: torch.einsum("ij,jkc,lk->ilc", self._half, self.encoder_pos_embeds, self._half),
+            self.encoder_pos_embeds, self._half)
 
     # ------------------------------------------------------------------------------------------------
     # The forward pass in three public seams. The two-stage export runs ``forward_scale_map`` as its
@@ -191,10 +196,12 @@ class SATHMR(nn.Module):
         pos = sine_xy((layout.x + 0.5) / grid, (layout.y + 0.5) / grid, C).to(self.level_embed.dtype) + self.level_embed[layout.lvl]
         return Memory(memory=memory, pos=pos, valid=mem_valid, layout=layout)
 
-    def forward_decoder(self, mem: Memory, dn=None) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]] | None]:
+    def forward_decoder(self, mem: Memory, dn=None, all_layers: bool = True
+                        ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]] | None]:
         """Decoder and heads → per-layer predictions of the matching queries (and of the DN queries).
 
         ``dn``: denoising queries (training), prepended to the matching queries and split off again.
+        ``all_layers=False`` (inference): only the last layer's predictions (see :meth:`heads`).
         """
         B = mem.memory.shape[0]
         tgt = self.tgt_embed.weight.expand(B, -1, -1)
@@ -205,33 +212,54 @@ class SATHMR(nn.Module):
             ref = torch.cat((dn.anchor_logit, ref), 1)
             blocked = dn.attn_mask
         hs, boxes = self.decoder(tgt, ref, mem.memory, mem.pos, mem.valid, self.bbox_embed, blocked)
-        layers = self.heads(hs, boxes)
+        layers = self.heads(hs, boxes, all_layers)
         if dn is None:
             return layers, None
         P = dn.content.shape[1]
         return [{k: v[:, P:] for k, v in d.items()} for d in layers], [{k: v[:, :P] for k, v in d.items()} for d in layers]
 
     # ------------------------------------------------------------------------------------------------
-    def heads(self, hs: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Per decoder layer: box, confidence, 6D pose and betas (cumulative from the mean), camera."""
+    def heads(self, hs: list[torch.Tensor], boxes: list[torch.Tensor], all_layers: bool = True
+              ) -> list[dict[str, torch.Tensor]]:
+        """Per decoder layer: box, confidence, 6D pose and betas (cumulative from the mean), camera.
+
+        ``all_layers=False`` returns the last layer alone: pose and betas still sum every layer's head,
+        but the confidence and camera heads of the earlier layers (used only by the auxiliary losses)
+        are not run — as in the original's eval forward.
+        """
         B, Q, _ = hs[0].shape
         pose = self.mean_pose.expand(B, Q, -1)
         betas = self.mean_shape.expand(B, Q, -1)
+        deltas = self._head_deltas(hs)
         out = []
         for i, h in enumerate(hs):
-            pose = pose + self.pose_head[i](h)
-            betas = betas + self.shape_head[i](h)
-            out.append({
-                "pred_boxes": boxes[i],
-                "pred_confs": self.conf_head(h).sigmoid(),
-                "pred_pose6d": pose,
-                "pred_betas": betas,
-                "pred_cam": self.cam_head(h),
-            })
+            pose = pose + (deltas[0][i] if deltas else self.pose_head[i](h))
+            betas = betas + (deltas[1][i] if deltas else self.shape_head[i](h))
+            if all_layers or i == len(hs) - 1:
+                out.append({
+                    "pred_boxes": boxes[i],
+                    "pred_confs": self.conf_head(h).sigmoid(),
+                    "pred_pose6d": pose,
+                    "pred_betas": betas,
+                    "pred_cam": self.cam_head(h),
+                })
         return out
 
+    def _head_deltas(self, hs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Eager inference: every layer's pose and shape head in one batched MLP each, (L, B, Q, ·); the
+        stacked weights are kept (:class:`Derived`). None elsewhere (each layer's own heads)."""
+        if not frozen_inference():
+            return None
+        heads = (self.pose_head, self.shape_head)
+        stacked = self._stacked_heads.get(lambda: [stack_mlps(h) for h in heads],
+                                          *(p for h in heads for p in h.parameters()))
+        x = torch.stack(hs).flatten(1, 2)                       # (L, B·Q, C)
+        shape = (len(hs), *hs[0].shape[:2], -1)
+        return batched_mlp(x, stacked[0]).view(shape), batched_mlp(x, stacked[1]).view(shape)
+
     def forward(self, images: torch.Tensor, img_hw: torch.Tensor, dn=None,
-                scale_map_override: torch.Tensor | None = None, reduced: torch.dtype | None = None) -> dict:
+                scale_map_override: torch.Tensor | None = None, reduced: torch.dtype | None = None,
+                all_layers: bool = True) -> dict:
         """images (B,3,H,W) normalised, H and W multiples of 56; img_hw (B,2) unpadded resized sizes.
 
         Returns ``scale_map`` (B,Hc,Wc,2), ``cell_mask`` (B,Hc,Wc), ``tokens`` (the ``tok_*`` outputs),
@@ -240,7 +268,8 @@ class SATHMR(nn.Module):
         ``dn_layers``. ``scale_map_override``: a (B,Hc,Wc,2) map used for token selection instead of the
         prediction (ground truth in the first training epoch, or a forced layout in benchmarks).
         ``reduced`` (torch.bfloat16 / float16): stages B/C run under autocast in that dtype, everything
-        else in float32 (see :func:`precision_scopes`).
+        else in float32 (see :func:`precision_scopes`). ``all_layers=False``: ``layers`` holds the last
+        decoder layer only (inference; see :meth:`heads`).
         """
         static = self.tokens.budget.is_static
         fp32, low = precision_scopes(images.device.type, reduced)
@@ -252,7 +281,7 @@ class SATHMR(nn.Module):
         if reduced is not None:
             mem = replace(mem, memory=mem.memory.float())
         with fp32():
-            layers, dn_layers = self.forward_decoder(mem, dn)
+            layers, dn_layers = self.forward_decoder(mem, dn, all_layers)
         out = {"scale_map": st.scale_map, "cell_mask": st.cell_mask, "tokens": token_outputs(sel, mem.layout),
                "layers": layers}
         if dn_layers is not None:
@@ -263,7 +292,7 @@ class SATHMR(nn.Module):
                     reduced: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Inference outputs as every backend returns them (names in ``NET_OUTPUTS``); ``reduced`` as in
         :meth:`forward`."""
-        out = self.forward(images, img_hw, reduced=reduced)
+        out = self.forward(images, img_hw, reduced=reduced, all_layers=False)
         res = dict(out["layers"][-1])
         res["scale_map"] = out["scale_map"]
         res.update(out["tokens"])
