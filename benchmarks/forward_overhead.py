@@ -21,6 +21,7 @@ the heads). Speed-ups against the original code are not measured here (it is not
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from sathmr.bench.setup import make_setup
 from sathmr.hardware import cpu_description
 from sathmr.preprocess import collate, prepare, read_image
 
-DEFAULT_IMAGE = Path("/work/shared/data/images/sathmr_demo_img1.jpeg")
+DEFAULT_IMAGE = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images")) / "sathmr_demo_img1.jpeg"
 
 
 def plain_block(x: torch.Tensor, b) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """`sathmr serve` under 10 concurrent 15000x15000 uploads: the server's peak RSS, and /healthz throughout.
 
-    flock /work/heavy.lock python benchmarks/serve_hostile.py [--uploads 10] [--side 15000] [--unbounded]
+    python benchmarks/serve_hostile.py [--uploads 10] [--side 15000] [--unbounded]
 
 A 15000x15000 PNG is a few hundred KB on the wire and 675 MB once decoded (BGR). Each scenario starts
 ``python -m sathmr serve`` (embedded default) on the loopback, sends the uploads at once from as many
