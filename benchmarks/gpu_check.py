@@ -41,7 +41,7 @@ from sathmr.parity import compare_backends
 from sathmr.preprocess import collate, prepare, read_image
 from sathmr.weights import synthetic_smpl_dir
 
-DEFAULT_IMAGES = Path("/work/shared/data/images")
+DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))
 FP32_REL = 1e-3          # fp32 entries: largest output difference relative to its scale
 HEADER = ["entry", "precision", "tokens identical", "max rel diff", "people matched", "joints mean/max mm",
           "batch 1 ms", "batch 8 ms/img"]

@@ -36,7 +36,7 @@ from sathmr.cli import main as cli
 from sathmr.errors import SathmrError
 from sathmr.io import atomic_write, write_json
 
-DEFAULT_IMAGES = Path("/work/shared/data/images")
+DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))
 SCENE_ENTRIES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "int8"))
 #: the embedded default finds its mannequins at 0.3 (F1 0 at the AGORA protocol's 0.5; see the README)
 SCENE_THRESHOLD = 0.3

@@ -23,7 +23,7 @@ from sathmr.bench.scaling import plot_scaling
 from sathmr.errors import SathmrError
 from sathmr.io import atomic_write, write_json
 
-DEFAULT_IMAGES = Path("/work/shared/data/images")
+DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))
 
 
 def main(argv: list[str] | None = None) -> int:
