@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import os
 import sys
 import tempfile
 import time

@@ -12,6 +12,7 @@ plus the scaling sweep, and writes ``results.json`` (every figure + the machine 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
