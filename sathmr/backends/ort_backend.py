@@ -53,15 +53,16 @@ def session_options(ort, threads: int | None, cpu: bool = True):
     memory arena: with token axes that change from image to image an arena keeps the largest image's
     buffers for good (measured at full size: peak RSS 1.93 → 1.71 GB, same speed).
 
-    No spinning: by default ORT's intra-op threads busy-wait for more work after every run, and on the
-    CPU they then compete with the PyTorch threads that decode the outputs (SMPL, projection) next:
-    post-processing of the very same outputs took 2.9x as long after an ORT run as after a torch one
-    (1.7 → 4.9 ms per image on the embedded model, 2 cores; 10x in `sathmr bench` end to end). Without
-    it the threads sleep when a graph ends, and post-processing takes torch's time again."""
+    Spinning only while a graph runs: by default ORT's intra-op threads also busy-wait for more work
+    after every run, and on the CPU they then compete with the PyTorch threads that decode the outputs
+    (SMPL, projection) next: post-processing of the very same outputs took 2.9x as long after an ORT run
+    as after a torch one (1.7 → 4.9 ms per image on the embedded model, 2 cores). Turning spinning off
+    altogether cured that but cost ~4 % of the full-size tokens graph; ``session.force_spinning_stop``
+    keeps the spinning inside a run (between its ops) and puts the threads to sleep when it returns."""
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = not cpu
     if cpu:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
