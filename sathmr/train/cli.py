@@ -70,7 +70,8 @@ def metrics_table(metrics: dict, definitions: dict | None = None) -> str:
     width = max(len(k) for k in keys)
     vals = {k: f"{metrics[k]} {unit[k]}".rstrip() for k in keys}
     vwidth = max(len(v) for v in vals.values())
-    return "\n".join(f"{k:<{width}}  {vals[k]:<{vwidth}}  {(definitions or {}).get(k) or meaning[k]}" for k in keys)
+    about = {k: ((definitions or {}).get(k) or meaning[k]).removeprefix(f"{unit[k]}, ") for k in keys}   # the unit is shown once
+    return "\n".join(f"{k:<{width}}  {vals[k]:<{vwidth}}  {about[k]}" for k in keys)
 
 
 SMPL_DATA_HELP = "SMPL folder (default: the smpl/ folder `sathmr data synthetic` writes next to the data, else weights/smpl_data/smpl)."
