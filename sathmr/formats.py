@@ -19,8 +19,8 @@ from sathmr.errors import SathmrError
 
 STAGES = ("scale_map", "tokens")     # the graphs of a two-stage export (sathmr.export.meta.STAGES is this)
 DEFAULT_OPSET = 18                   # of `sathmr export` (sathmr.export.meta.DEFAULT_OPSET is this)
-DEFAULT_TRT_MAX_BATCH = 1            # largest batch of a TensorRT engine's profiles (sathmr.export.trt.DEFAULT_MAX_BATCH)
-TRT_ACTIVATION_BUDGET_GB = 8.0       # one attention-score tensor at a TensorRT profile's maxima (sathmr.export.trt)
+DEFAULT_TRT_MAX_BATCH = 1            # largest batch of a TensorRT engine's profiles by default (larger batches run in chunks)
+TRT_ACTIVATION_BUDGET_GB = 8.0       # what one attention-score tensor may take at a TensorRT profile's maxima (sathmr.export.trt)
 
 
 @dataclass(frozen=True)

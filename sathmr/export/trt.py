@@ -16,7 +16,7 @@ token selection thresholds its output, and fp32 means fp32 in the tokens engine 
 
 Engines are sized to memory: the tokens profile's largest corner (batch × stage-C sequence) decides
 the largest attention-score tensor TensorRT must plan for (:func:`score_bytes`), which must fit
-``ACTIVATION_BUDGET_GB``; ``--max-tokens``/``--max-batch-size`` trade one for the other. The default (batch
+``TRT_ACTIVATION_BUDGET_GB``; ``--max-tokens``/``--max-batch-size`` trade one for the other. The default (batch
 1, every token count the canvas allows) builds on a 24 GB GPU; a larger batch runs in chunks.
 """
 
@@ -38,10 +38,6 @@ from sathmr.io import atomic_write
 from sathmr.optional import require
 
 log = logging.getLogger("sathmr.export")
-#: largest batch of the dynamic profiles by default (a larger batch is run in chunks)
-DEFAULT_MAX_BATCH = DEFAULT_TRT_MAX_BATCH
-#: what the largest activation of an engine (one attention-score tensor) may take at the profile's maxima
-ACTIVATION_BUDGET_GB = TRT_ACTIVATION_BUDGET_GB
 #: the ops kept in fp32 inside an fp16 engine
 FP32_OPS = ("LayerNormalization", "Softmax")
 
@@ -71,22 +67,22 @@ def score_bytes(meta: ExportMeta, batch: int, max_tokens: int | None, itemsize: 
 
 
 def max_tokens_for(meta: ExportMeta, batch: int) -> int:
-    """The largest ``--max-tokens`` whose score tensor at ``batch`` fits ``ACTIVATION_BUDGET_GB``."""
-    return int(math.sqrt(ACTIVATION_BUDGET_GB * 2**30 / (batch * meta.cfg.num_heads * 4))) - 1
+    """The largest ``--max-tokens`` whose score tensor at ``batch`` fits ``TRT_ACTIVATION_BUDGET_GB``."""
+    return int(math.sqrt(TRT_ACTIVATION_BUDGET_GB * 2**30 / (batch * meta.cfg.num_heads * 4))) - 1
 
 
 def check_budget(meta: ExportMeta, max_batch: int, max_tokens: int | None) -> None:
-    """Refuse profiles whose worst case does not fit ``ACTIVATION_BUDGET_GB``, naming what would fit."""
+    """Refuse profiles whose worst case does not fit ``TRT_ACTIVATION_BUDGET_GB``, naming what would fit."""
     if max_batch < 1:
         raise SathmrError(f"--max-batch-size {max_batch}: at least 1")
     need = score_bytes(meta, max_batch, max_tokens)
-    budget = ACTIVATION_BUDGET_GB * 2**30
+    budget = TRT_ACTIVATION_BUDGET_GB * 2**30
     if need <= budget:
         return
     ks, kc = token_maxima(meta, max_tokens)
     fits = max_tokens_for(meta, max_batch)
     raise SathmrError(f"--max-batch-size {max_batch} with up to {4 * ks + kc} tokens per image needs "
-                      f"{need / 2**30:.1f} GB for one attention-score tensor (budget {ACTIVATION_BUDGET_GB:g} GB): "
+                      f"{need / 2**30:.1f} GB for one attention-score tensor (budget {TRT_ACTIVATION_BUDGET_GB:g} GB): "
                       f"use --max-tokens {fits} at this batch, or a smaller --max-batch-size")
 
 
@@ -198,7 +194,7 @@ def build_engine(onnx_path: Path, meta: ExportMeta, graph: str, workspace_gb: fl
 
 
 def build_engines(onnx_model: str | Path, output: str | Path, fp16: bool = False, workspace_gb: float = 4.0,
-                  max_batch: int = DEFAULT_MAX_BATCH, max_tokens: int | None = None) -> Artifact:
+                  max_batch: int = DEFAULT_TRT_MAX_BATCH, max_tokens: int | None = None) -> Artifact:
     """Engines for every graph of an exported ONNX model: a folder for two-stage, a file for static. The
     precision is the export's (``fp16`` only confirms that it is an fp16 one)."""
     art = read_artifact(onnx_model)
