@@ -21,12 +21,12 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from sathmr.anim.motion import pose_blend_gap
 from sathmr.body import load_body_model
 from sathmr.cli import main
+from sathmr.outputs.anim.motion import pose_blend_gap
 from sathmr.train.data.pipeline import BodyModels
 from sathmr.train.data.synthetic import make_scene
-from sathmr.weights import synthetic_smpl_dir
+from sathmr.zoo.weights import synthetic_smpl_dir
 
 RENDER = Path(__file__).with_name("blender_render.py")
 FPS, FRAMES = 10, 12

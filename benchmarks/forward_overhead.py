@@ -33,8 +33,9 @@ import torch.nn.functional as F
 import sathmr.model.sathmr as network
 from sathmr.backends import TorchBackend
 from sathmr.bench.setup import make_setup
-from sathmr.hardware import cpu_description
-from sathmr.preprocess import collate, prepare, read_image
+from sathmr.common.hardware import cpu_description
+from sathmr.inputs.images import read_image
+from sathmr.runtime.preprocess import collate, prepare
 
 DEFAULT_IMAGE = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images")) / "sathmr_demo_img1.jpeg"
 

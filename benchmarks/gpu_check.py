@@ -28,19 +28,21 @@ from pathlib import Path
 
 import torch
 
-from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend, TrtBackend
 from sathmr.bench.measure import machine_info
 from sathmr.bench.report import md_table, text_table
 from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import atomic_write
 from sathmr.export.onnx import export_network
 from sathmr.export.trt import build_engines, max_tokens_for
-from sathmr.io import atomic_write, write_json
+from sathmr.inputs.images import read_image
+from sathmr.outputs.writers import write_json
 from sathmr.parity import compare_backends
-from sathmr.preprocess import collate, prepare, read_image
-from sathmr.weights import synthetic_smpl_dir
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import collate, prepare
+from sathmr.zoo.weights import synthetic_smpl_dir
 
 DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))
 FP32_REL = 1e-3          # fp32 entries: largest output difference relative to its scale

@@ -34,8 +34,9 @@ from sathmr.bench.measure import machine_info
 from sathmr.bench.report import PRECISION_HEADER, md_table, precision_rows, text_table
 from sathmr.bench.run import bench
 from sathmr.cli import main as cli
-from sathmr.errors import SathmrError
-from sathmr.io import atomic_write, write_json
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import atomic_write
+from sathmr.outputs.writers import write_json
 
 DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))
 SCENE_ENTRIES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "int8"))

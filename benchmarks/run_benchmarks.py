@@ -21,8 +21,9 @@ from pathlib import Path
 from sathmr.bench.report import format_markdown, format_report
 from sathmr.bench.run import bench
 from sathmr.bench.scaling import plot_scaling
-from sathmr.errors import SathmrError
-from sathmr.io import atomic_write, write_json
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import atomic_write
+from sathmr.outputs.writers import write_json
 
 DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))
 

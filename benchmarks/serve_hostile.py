@@ -34,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sathmr.hardware import cpu_description
+from sathmr.common.hardware import cpu_description
 from sathmr.serve.client import Client, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sathmr.api import load_predictor  # noqa: E402
-from sathmr.hardware import cpu_info  # noqa: E402
+from sathmr.common.hardware import cpu_info  # noqa: E402
+from sathmr.runtime.predictor import load_predictor  # noqa: E402
 from sathmr.train.data.clips import track_scores, walking_clip  # noqa: E402
 from sathmr.train.data.pipeline import BodyModels  # noqa: E402
 from sathmr.video.config import TrackerConfig  # noqa: E402

@@ -78,8 +78,8 @@ def validation_fn(val_set, body, smpl_dir: Path, log_path: Path, epoch_steps: in
     """Score the validation scenes after each epoch at both thresholds, in one pass, with the AGORA
     protocol's accumulator, plus the median global-orientation error of the people matched at the
     lower threshold (the quantity the first attempt never learned); append a JSON line to ``log_path``."""
-    from sathmr.api import Predictor
     from sathmr.backends.torch_backend import TorchBackend
+    from sathmr.runtime.predictor import Predictor
     from sathmr.train.data.pipeline import collate
     from sathmr.train.engine import eval_items
     from sathmr.train.metrics import EvalAccumulator
@@ -197,13 +197,13 @@ def plot_curves(history: list[dict], val_rows: list[dict], png: Path) -> None:
 def main(out_dir, data_dir, epochs, max_steps, lr, batch_size, init, install):
     torch.set_num_threads(1)
     from sathmr.body import load_mean_params
-    from sathmr.config import get_config
     from sathmr.model import build_model
     from sathmr.model.checkpoint import load_on_canvas
+    from sathmr.model.config import get_config
     from sathmr.train.cli import open_sets
     from sathmr.train.data.pipeline import BodyModels
     from sathmr.train.engine import train
-    from sathmr.weights import EMBEDDED
+    from sathmr.zoo.weights import EMBEDDED
 
     rc = Recipe(init=init, train=replace(TRAIN, epochs=epochs, max_steps=max_steps, lr=lr, lr_encoder=lr,
                                          batch_size=batch_size))

@@ -26,13 +26,13 @@ import cv2
 import numpy as np
 import torch
 
-from sathmr.api import Predictor, load_body_for, load_predictor
 from sathmr.backends import TorchBackend
 from sathmr.bench.setup import make_setup
 from sathmr.infer import OutputPlan, run_infer
+from sathmr.runtime.predictor import Predictor, load_body_for, load_predictor
 from sathmr.train.data.pipeline import BodyModels
 from sathmr.train.data.synthetic import make_scene
-from sathmr.weights import resolve
+from sathmr.zoo.weights import resolve
 
 
 def write_inputs(work: Path, n_images: int, n_frames: int, size: int = 1280) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ import traceback
 import click
 
 from sathmr import __version__
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 #: name → (module, attribute, the line `sathmr --help` shows for it)
 COMMANDS: dict[str, tuple[str, str, str]] = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from sathmr.options import Command, input_option, output_option, threshold_option
+from sathmr.common.options import Command, input_option, output_option, threshold_option
 
 
 @click.command("demo", cls=Command)
@@ -22,13 +22,13 @@ from sathmr.options import Command, input_option, output_option, threshold_optio
 @threshold_option(help="Detection threshold (the original demo uses 0.3).")
 def demo_command(output, inputs, scenes, threshold):
     """Run inference, overlays and an evaluation table on synthetic scenes (and your images)."""
-    from sathmr.api import Predictor, load_predictor
     from sathmr.infer import OutputPlan, run_infer
+    from sathmr.runtime.predictor import Predictor, load_predictor
     from sathmr.train.cli import metrics_table, open_sets
     from sathmr.train.data.pipeline import BodyModels
     from sathmr.train.data.synthetic import generate_dataset
     from sathmr.train.engine import evaluate
-    from sathmr.weights import resolve
+    from sathmr.zoo.weights import resolve
 
     out = Path(output)
     res = resolve(None, None)

@@ -2,7 +2,7 @@
 
 Images are written one by one (:func:`write_result`); each video is one unit that ends in an overlay
 video and a tracks file (:mod:`sathmr.video`). Decoding runs ahead of the network and writing behind it
-(:mod:`sathmr.pipeline`).
+(:mod:`sathmr.runtime.pipeline`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sathmr.errors import SathmrError
-from sathmr.formats import model_options
-from sathmr.input_files import DEFAULT_MAX_PIXELS
-from sathmr.options import (
+from sathmr.backends.formats import model_options
+from sathmr.common.errors import SathmrError
+from sathmr.common.options import (
     Command,
     batch_size_option,
     config_options,
@@ -28,14 +27,15 @@ from sathmr.options import (
     threads_option,
     threshold_option,
 )
-from sathmr.precision import precision_options
+from sathmr.common.precision import precision_options
+from sathmr.inputs.discover import DEFAULT_MAX_PIXELS
 from sathmr.video.config import SmoothConfig, TrackerConfig
 
 if TYPE_CHECKING:    # the heavy modules load inside the functions, so that `sathmr infer --help` is instant
-    from sathmr.api import Predictor
-    from sathmr.distributed import ProcessGroup
-    from sathmr.pipeline import PipelineStats
-    from sathmr.postprocess import ImageResult
+    from sathmr.runtime.distributed import ProcessGroup
+    from sathmr.runtime.pipeline import PipelineStats
+    from sathmr.runtime.postprocess import ImageResult
+    from sathmr.runtime.predictor import Predictor
     from sathmr.video.sink import VideoOptions
 
 
@@ -73,12 +73,12 @@ def write_result(plan: OutputPlan, res: ImageResult, source: str, predictor: Pre
                  track_ids: dict[float, list[int]] | None = None) -> None:
     """One image's files; ``track_ids`` (per threshold, one per person: a video frame) colour and label
     people by track and add ``track_id`` to their JSON."""
-    from sathmr.io import write_json, write_npz, write_png
-    from sathmr.meshes import write_meshes
-    from sathmr.postprocess import image_json
-    from sathmr.render import result_mosaic
-    from sathmr.render_raster import index_colors
-    from sathmr.smpl_params import write_smpl_params
+    from sathmr.outputs.meshes import write_meshes
+    from sathmr.outputs.raster import index_colors
+    from sathmr.outputs.render import result_mosaic
+    from sathmr.outputs.smpl_params import write_smpl_params
+    from sathmr.outputs.writers import write_json, write_npz, write_png
+    from sathmr.runtime.postprocess import image_json
 
     cfg = predictor.cfg
     faces = predictor.body_model.faces
@@ -159,10 +159,11 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
     """
     from tqdm import tqdm
 
-    from sathmr.anim import write_animations
-    from sathmr.distributed import ProcessGroup
-    from sathmr.io import VideoSource, iter_inputs
-    from sathmr.pipeline import Failed, Skipped, Work, run_pipeline, stop_on_sigint
+    from sathmr.inputs.items import iter_inputs
+    from sathmr.inputs.video import VideoSource
+    from sathmr.outputs.anim import write_animations
+    from sathmr.runtime.distributed import ProcessGroup
+    from sathmr.runtime.pipeline import Failed, Skipped, Work, run_pipeline, stop_on_sigint
     from sathmr.video.run import VideoOutputs, video_events
     from sathmr.video.sink import VideoOptions
 
@@ -271,12 +272,12 @@ def infer_command(inputs, output, backend, precision, compile_, checkpoint, mode
     `torchrun --nproc-per-node N -m sathmr infer ...`)."""
     import torch
 
-    from sathmr.anim import parse_anim_formats
-    from sathmr.api import load_predictor
-    from sathmr.distributed import start
-    from sathmr.io import ensure_writable
+    from sathmr.inputs.video import FrameLimits
+    from sathmr.outputs.anim import parse_anim_formats
+    from sathmr.outputs.writers import ensure_writable
+    from sathmr.runtime.distributed import start
+    from sathmr.runtime.predictor import load_predictor
     from sathmr.video.sink import VideoOptions
-    from sathmr.video.source import FrameLimits
     from sathmr.video.udp import parse_udp_url
 
     anim = parse_anim_formats(save_anim) if save_anim else ()

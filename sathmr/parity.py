@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from sathmr.errors import SathmrError
-from sathmr.formats import BACKENDS, model_options
-from sathmr.options import Command, config_options, device_option, input_option, threshold_option
-from sathmr.precision import precision_options
+from sathmr.backends.formats import BACKENDS, model_options
+from sathmr.common.errors import SathmrError
+from sathmr.common.options import Command, config_options, device_option, input_option, threshold_option
+from sathmr.common.precision import precision_options
 
 if TYPE_CHECKING:        # torch loads when a comparison runs, not for `sathmr parity --help`
-    from sathmr.api import Predictor
     from sathmr.backends import Backend
-    from sathmr.preprocess import Prepared
+    from sathmr.runtime.predictor import Predictor
+    from sathmr.runtime.preprocess import Prepared
 
 QUERY_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_cam")
 DECODED_OUTPUTS = ("pred_poses", "pred_transl", "pred_j3ds", "pred_j2ds", "pred_verts", "pred_depths")
@@ -180,7 +180,7 @@ def compare_outputs(name: str, cells: tuple[int, int], a: tuple[dict, dict], b: 
     qa, qb = np.flatnonzero(ca > threshold), np.flatnonzero(cb > threshold)
     from scipy.optimize import linear_sum_assignment
 
-    from sathmr.postprocess import box_iou
+    from sathmr.runtime.postprocess import box_iou
 
     iou = box_iou(xyxy(da["pred_boxes"][0, qa]).reshape(-1, 4), xyxy(db["pred_boxes"][0, qb]).reshape(-1, 4))
     rows, cols = linear_sum_assignment(-iou) if iou.size else (np.zeros(0, int), np.zeros(0, int))
@@ -257,11 +257,12 @@ def parity_command(model_paths, backend_text, name_a, name_b, checkpoint, precis
                    device, threshold, tol_mm, json_path):
     """Run the same images through two backends (--backend A,B: side a, side b) on the same model and
     compare outputs; side b runs at each --precision against side a in fp32. Exit 1 when over tolerance."""
-    from sathmr.api import Predictor, load_body_for
     from sathmr.backends import load_backend, weights_behind
-    from sathmr.formats import choose_models
-    from sathmr.io import iter_images, write_json
-    from sathmr.precision import parse_precisions, precision_kwargs
+    from sathmr.backends.formats import choose_models
+    from sathmr.common.precision import parse_precisions, precision_kwargs
+    from sathmr.inputs.items import iter_images
+    from sathmr.outputs.writers import write_json
+    from sathmr.runtime.predictor import Predictor, load_body_for
 
     sides = [n.strip() for n in backend_text.split(",") if n.strip()]
     if name_a or name_b:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from sathmr.backends.meta import Artifact
 from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
-from sathmr.export.meta import Artifact
 from sathmr.export.onnx import export_from_checkpoint
 from sathmr.model.checkpoint import save_checkpoint
-from sathmr.weights import synthetic_smpl_dir
+from sathmr.zoo.weights import synthetic_smpl_dir
 
 REPO = Path(__file__).resolve().parents[1]
 #: the project's real photos live in ``shared/`` beside the checkout (override: SATHMR_TEST_IMAGES)

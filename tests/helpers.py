@@ -8,10 +8,10 @@ import onnx
 import torch
 
 from sathmr.backends.base import Backend
-from sathmr.config import ModelConfig
 from sathmr.model import build_model
 from sathmr.model.checkpoint import load_model, to_official
-from sathmr.weights import EMBEDDED
+from sathmr.model.config import ModelConfig
+from sathmr.zoo.weights import EMBEDDED
 
 
 def graph_op_types(path: str | Path) -> set[str]:

@@ -23,14 +23,14 @@ from scipy.spatial.transform import Rotation
 from test_meshes import VALIDATE_JS, _validator
 from test_video import pan_frames, write_avi
 
-from sathmr.anim import parse_anim_formats, write_animations
-from sathmr.anim.bvh import EULER
-from sathmr.anim.gltf import skin_sets
-from sathmr.anim.motion import baked_betas, pose_blend_gap, skinned_vertices, track_pose
 from sathmr.body.mannequin import JOINT_NAMES
 from sathmr.cli import main
-from sathmr.errors import SathmrError
-from sathmr.meshes import CV_TO_GL
+from sathmr.common.errors import SathmrError
+from sathmr.outputs.anim import parse_anim_formats, write_animations
+from sathmr.outputs.anim.bvh import EULER
+from sathmr.outputs.anim.gltf import skin_sets
+from sathmr.outputs.anim.motion import baked_betas, pose_blend_gap, skinned_vertices, track_pose
+from sathmr.outputs.meshes import CV_TO_GL
 
 pygltflib = pytest.importorskip("pygltflib", reason="pygltflib (the `anim` extra) writes the glTF")
 

@@ -19,9 +19,9 @@ from sathmr.bench.measure import latency_stats
 from sathmr.bench.run import STAGES
 from sathmr.bench.scaling import forced_layout
 from sathmr.cli import main
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.model import build_model
+from sathmr.model.config import get_config
 
 TINY = get_config("tiny")
 

@@ -14,7 +14,7 @@ import torch
 
 from sathmr.body import BodyModel, default_smpl_dir, generate_synthetic, load_body_model, load_mean_params
 from sathmr.body.smpl import EXTRA_JOINT_NAMES, SMPL_BUFFERS
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 L_ELBOW, L_WRIST, L_HAND, R_WRIST, R_HAND = 18, 20, 22, 21, 23
 LEFT_TIPS, RIGHT_TIPS = slice(24 + 11, 24 + 16), slice(24 + 16, 24 + 21)

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 from sathmr.body.pickle_io import ChumpyStandIn, load_pickle, to_dense
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 
 def _fake_chumpy_modules() -> dict[str, types.ModuleType]:

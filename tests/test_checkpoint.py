@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.model import build_model
 from sathmr.model.checkpoint import from_official, load_model, load_on_canvas, resize_pos_grid, save_checkpoint, to_official
+from sathmr.model.config import get_config
 
 from helpers import random_official_state_dict
 

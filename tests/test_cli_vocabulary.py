@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from sathmr.cli import COMMANDS, main
-from sathmr.options import rename_args
+from sathmr.common.options import rename_args
 
-#: option → its short flag, wherever the option appears (sathmr/options.py's table)
+#: option → its short flag, wherever the option appears (sathmr/common/options.py's table)
 SHORT = {"--input": "-i", "--output": "-o", "--model": "-m", "--batch-size": "-b", "--threshold": "-t"}
 #: spellings of the same things that no --help may show any more
 OLD = {"--images", "--data", "--out", "--dest", "--batch", "--max-batch", "--a", "--b", "--engine"}

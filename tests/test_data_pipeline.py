@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
-from sathmr.preprocess import MEAN, STD
-from sathmr.render import render_meshes
+from sathmr.common.errors import SathmrError
+from sathmr.model.config import get_config
+from sathmr.outputs.render import render_meshes
+from sathmr.runtime.preprocess import MEAN, STD
 from sathmr.train.data.augment import AugParams, augment_intrinsics, color_jitter, occlude
 from sathmr.train.data.geometry import FLIP_PERM, embed_3x3, flip_pose, matrix_to_rotvec, project, rotation_2d, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels, HMRDataset, SampleBuilder, collate, cxcywh_to_xyxy, stack_images

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sathmr.postprocess import box_iou
+from sathmr.runtime.postprocess import box_iou
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix
 from sathmr.train.data.pipeline import BodyModels
 from sathmr.train.data.poses import POSE_FAMILIES, family_pose, plausible_pose
@@ -104,7 +104,7 @@ def test_half_of_the_people_roughly_face_the_camera() -> None:
 
 
 def test_the_front_cue_is_a_bright_face_and_chest_seen_only_from_the_front(smpl_tiny) -> None:
-    from sathmr.render import render_meshes
+    from sathmr.outputs.render import render_meshes
 
     bm = BodyModels(smpl_tiny).get("neutral")
     faces = np.asarray(bm.faces, dtype=np.int64)

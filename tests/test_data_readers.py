@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.train.data.annots_io import load_annots, save_annots
 from sathmr.train.data.readers import open_dataset
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
+from sathmr.model.config import get_config
 from sathmr.train.data.annots_io import load_annots
 from sathmr.train.data.augment import AugParams
 from sathmr.train.data.cli import data
@@ -128,7 +128,7 @@ def test_cli_writes_a_readable_dataset(tmp_path: Path, smpl_dir: Path) -> None:
 
 def test_the_back_of_a_mannequin_renders_darker_than_its_front(smpl_dir: Path) -> None:
     """The two-tone cue that tells a mannequin seen from behind from one seen from the front."""
-    from sathmr.render import render_meshes
+    from sathmr.outputs.render import render_meshes
     from sathmr.train.data.synthetic import BACK_SHADE, front_faces, two_tone
 
     bm = BodyModels(smpl_dir).get("neutral")

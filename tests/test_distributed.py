@@ -20,9 +20,9 @@ import torch
 from click.testing import CliRunner
 
 from sathmr.cli import main
-from sathmr.config import get_config
-from sathmr.distributed import ProcessGroup, launched_processes, start
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
+from sathmr.model.config import get_config
+from sathmr.runtime.distributed import ProcessGroup, launched_processes, start
 
 from helpers import embedded_config
 
@@ -87,7 +87,8 @@ def test_shards_cover_every_unit_once_and_keep_groups_together(world):
 
 def test_infer_listing_keeps_a_video_in_one_process(tmp_path):
     """The units `sathmr infer` shards are images and whole videos: a video goes to exactly one process."""
-    from sathmr.io import VideoSource, iter_inputs
+    from sathmr.inputs.items import iter_inputs
+    from sathmr.inputs.video import VideoSource
     make_inputs(tmp_path)
     shards = [list(ProcessGroup(rank=r, world=2).shard(iter_inputs(tmp_path))) for r in range(2)]
     sources = [[u.source for u in s] for s in shards]
@@ -145,8 +146,8 @@ def val_set(tmp_path_factory):
 def test_sharded_evaluation_pools_in_dataset_order(val_set, embedded):
     """Three ranks over five images (not divisible): rank 0 gathers one score per image, each image once,
     equal to what one process computes for it, and the same metrics."""
-    from sathmr.api import Predictor
     from sathmr.backends import load_backend
+    from sathmr.runtime.predictor import Predictor
     from sathmr.train.engine import evaluate
     _, ds, body = val_set
     pred = Predictor(load_backend("torch"), body, (0.1,))

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from test_metrics import _NumpyOnly, skeleton  # the matching tests' skeleton, the numpy-only unpickler
 
 from sathmr.cli import main
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
+from sathmr.model.config import get_config
 from sathmr.train.data.augment import AugParams
 from sathmr.train.data.pipeline import BodyModels, SampleBuilder
 from sathmr.train.data.readers import ImageRecord, open_dataset

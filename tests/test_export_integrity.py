@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, external_data_helper
 
 from sathmr.backends import OrtBackend
+from sathmr.backends.integrity import outside_reason
+from sathmr.backends.meta import read_artifact
 from sathmr.cli import main
-from sathmr.errors import SathmrError
-from sathmr.export.integrity import outside_reason
-from sathmr.export.meta import read_artifact
+from sathmr.common.errors import SathmrError
 from sathmr.export.trt import build_engines
 
 TENSOR = "model.encoder_pos_embeds"

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend
-from sathmr.export.meta import read_artifact
+from sathmr.backends.meta import read_artifact
 from sathmr.export.onnx import export_from_checkpoint
+from sathmr.inputs.images import read_image
 from sathmr.model.tokens import TokenBudget, default_budget
 from sathmr.parity import compare_backends
-from sathmr.preprocess import collate, prepare, read_image
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import collate, prepare
 
 from helpers import graph_op_types, output_shapes
 

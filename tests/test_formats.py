@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from sathmr.backends import load_backend, open_model
+from sathmr.backends.formats import BACKENDS, EXPORT_FORMATS, FORMATS, choose_model, detect
 from sathmr.cli import main
-from sathmr.errors import SathmrError
-from sathmr.formats import BACKENDS, EXPORT_FORMATS, FORMATS, choose_model, detect
+from sathmr.common.errors import SathmrError
 from sathmr.model.tokens import TokenBudget
 from sathmr.serve.service import ModelSpec
-from sathmr.weights import EMBEDDED
+from sathmr.zoo.weights import EMBEDDED
 
 
 @pytest.fixture

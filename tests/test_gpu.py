@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend, load_backend
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.export.onnx import export_network
 from sathmr.export.trt import build_engines
+from sathmr.inputs.images import read_image
 from sathmr.model import build_model
+from sathmr.model.config import get_config
 from sathmr.model.tokens import TokenBudget
 from sathmr.parity import compare_backends
-from sathmr.preprocess import prepare, read_image
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import prepare
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU checks skipped")]

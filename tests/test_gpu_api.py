@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sathmr.backends.ort_backend import CUDA_OPTIONS, providers_for
-from sathmr.optional import TENSORRT_SUPPORTED
+from sathmr.common.optional import TENSORRT_SUPPORTED
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "gpu_api"

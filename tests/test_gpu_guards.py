@@ -12,19 +12,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sathmr import optional
+from sathmr.backends.meta import ExportMeta
 from sathmr.backends.torch_backend import _tf32_knobs, exact_fp32
 from sathmr.backends.two_stage import TwoStage
 from sathmr.bench.setup import random_network
 from sathmr.cli import main
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
-from sathmr.export.meta import ExportMeta
+from sathmr.common import optional
+from sathmr.common.errors import SathmrError
+from sathmr.common.optional import check_ort_install, check_tensorrt_version
 from sathmr.export.onnx import export_network
 from sathmr.export.trt import FP32_OPS, _elem_types, build_engines, check_budget, pin_fp32, score_bytes, token_maxima
-from sathmr.optional import check_ort_install, check_tensorrt_version
-from sathmr.preprocess import collate, prepare, read_image
-from sathmr.weights import synthetic_smpl_dir
+from sathmr.inputs.images import read_image
+from sathmr.model.config import get_config
+from sathmr.runtime.preprocess import collate, prepare
+from sathmr.zoo.weights import synthetic_smpl_dir
 
 FULL = ExportMeta(cfg=get_config("sat_644"))
 

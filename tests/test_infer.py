@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from sathmr.cli import main
-from sathmr.config import get_config
 from sathmr.model import build_model
 from sathmr.model.checkpoint import save_checkpoint
+from sathmr.model.config import get_config
 
 from helpers import random_official_state_dict
 
@@ -114,7 +114,7 @@ def test_bad_inputs_fail_with_one_line(tmp_path, tiny_ckpt, smpl_tiny):
 
 
 def test_preprocess_shapes_portrait_and_landscape():
-    from sathmr.preprocess import prepare
+    from sathmr.runtime.preprocess import prepare
     land = prepare(np.zeros((1080, 1920, 3), np.uint8), 1288, 56)
     assert land.img_hw == (724, 1288) and tuple(land.tensor.shape) == (3, 728, 1288)
     port = prepare(np.zeros((1920, 1080, 3), np.uint8), 1288, 56)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sathmr.errors import SathmrError
-from sathmr.io import iter_images, iter_inputs
-from sathmr.preprocess import jpeg_is_complete, read_image
-from sathmr.video.source import VideoSource
+from sathmr.common.errors import SathmrError
+from sathmr.inputs.images import jpeg_is_complete, read_image
+from sathmr.inputs.items import iter_images, iter_inputs
+from sathmr.inputs.video import VideoSource
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -194,7 +194,7 @@ def test_header_size_is_thread_safe_for_images_over_pils_own_limit():
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    from sathmr.preprocess import header_size
+    from sathmr.inputs.images import header_size
     buf = io.BytesIO()
     Image.new("1", (15000, 15000)).save(buf, "PNG")
     data = buf.getvalue()

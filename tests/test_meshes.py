@@ -22,9 +22,9 @@ from click.testing import CliRunner
 
 from sathmr.cli import main
 from sathmr.infer import OutputPlan
-from sathmr.meshes import CV_TO_GL, gltf_camera, mesh_file_bytes, person_names, srgb_to_linear
-from sathmr.render import person_colors
-from sathmr.weights import EMBEDDED, synthetic_smpl_dir
+from sathmr.outputs.meshes import CV_TO_GL, gltf_camera, mesh_file_bytes, person_names, srgb_to_linear
+from sathmr.outputs.render import person_colors
+from sathmr.zoo.weights import EMBEDDED, synthetic_smpl_dir
 
 from helpers import embedded_config
 

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.train.metrics import (
     EvalAccumulator,
     detection_scores,

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sathmr.config import get_config
 from sathmr.model import build_model
+from sathmr.model.config import get_config
 from sathmr.model.geometry import (
     axis_angle_to_rotmat,
     rot6d_to_rotmat,

@@ -9,19 +9,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend
 from sathmr.bench.setup import random_network, spread_heads
 from sathmr.body import load_body_model
 from sathmr.cli import main
-from sathmr.config import get_config
 from sathmr.export.onnx import export_network
+from sathmr.inputs.images import read_image
 from sathmr.model import build_model
 from sathmr.model.checkpoint import save_checkpoint
+from sathmr.model.config import get_config
 from sathmr.parity import compare_backends
-from sathmr.postprocess import box_iou
-from sathmr.preprocess import collate, prepare, read_image
-from sathmr.weights import synthetic_smpl_dir
+from sathmr.runtime.postprocess import box_iou
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import collate, prepare
+from sathmr.zoo.weights import synthetic_smpl_dir
 
 from helpers import Shifted
 

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sathmr.api import BatchOutput
-from sathmr.pipeline import Failed, Work, run_pipeline, stop_on_sigint
+from sathmr.runtime.pipeline import Failed, Work, run_pipeline, stop_on_sigint
+from sathmr.runtime.predictor import BatchOutput
 
 
 class CountingPredictor:

@@ -17,18 +17,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sathmr import hardware
-from sathmr.api import Predictor
 from sathmr.backends import OrtBackend, TorchBackend
+from sathmr.backends.meta import read_artifact
 from sathmr.cli import main
-from sathmr.errors import SathmrError
-from sathmr.export.meta import read_artifact
+from sathmr.common import hardware
+from sathmr.common.errors import SathmrError
+from sathmr.common.precision import plan_precision
 from sathmr.export.onnx import quantize_export
 from sathmr.export.quantize import MEMORY_PROJECTIONS, module_path, module_scopes, quantised_nodes
+from sathmr.inputs.images import read_image
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.parity import compare_backends
-from sathmr.precision import plan_precision
-from sathmr.preprocess import collate, prepare, read_image
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import collate, prepare
 
 from helpers import graph_op_types
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sathmr.errors import SathmrError
-from sathmr.render import coolwarm, draw_scale_map, draw_tokens, overlay_mosaic, person_colors, render_meshes
-from sathmr.render_raster import AMBIENT, DIFFUSE
+from sathmr.common.errors import SathmrError
+from sathmr.outputs.raster import AMBIENT, DIFFUSE
+from sathmr.outputs.render import coolwarm, draw_scale_map, draw_tokens, overlay_mosaic, person_colors, render_meshes
 
 F = 500.0
 QUAD_FACES = np.array([[0, 1, 2], [0, 2, 3]])
@@ -255,7 +255,7 @@ def test_mosaic_with_people():
 # ------------------------------------------------------------------ real image scene
 def render_check_scene(img_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Spheres and boxes at several depths (two spheres interpenetrating) over a real photo."""
-    from sathmr.preprocess import resize_long_side
+    from sathmr.runtime.preprocess import resize_long_side
 
     img, _ = resize_long_side(cv2.imread(str(img_path)), 1288)
     h, w = img.shape[:2]
@@ -296,7 +296,7 @@ if __name__ == "__main__":   # writes /tmp/render_check.png for a visual check
 
 def test_per_face_colours() -> None:
     """(N, F, 3) colours: one colour everywhere equals per-person colours; two colours both show."""
-    from sathmr.render_raster import render_meshes as render
+    from sathmr.outputs.raster import render_meshes as render
 
     verts = np.array([[-1.0, -1.0, 4.0], [1.0, -1.0, 4.0], [1.0, 1.0, 4.0], [-1.0, 1.0, 4.0]])
     faces = np.array([[0, 1, 2], [0, 2, 3]])

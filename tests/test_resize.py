@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sathmr.preprocess import prepare, resize_long_side, resize_rate
+from sathmr.runtime.preprocess import prepare, resize_long_side, resize_rate
 
 
 def original_resize(h0: int, w0: int, size: int = 1288) -> tuple[float, tuple[int, int]]:

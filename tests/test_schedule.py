@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.train.schedule import warmup_cosine_lambda
 
 

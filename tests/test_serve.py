@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.infer import OutputPlan, run_infer
 from sathmr.serve.batcher import BatchPolicy, Busy, DynamicBatcher
 from sathmr.serve.client import Client

@@ -8,8 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from sathmr.cli import main
-from sathmr.config import get_config
 from sathmr.model import build_model
+from sathmr.model.config import get_config
 
 TINY = get_config("tiny")
 
@@ -102,7 +102,7 @@ def test_train_and_eval_commands(synth, tmp_path):
 
 def test_loss_is_the_same_when_every_dn_layer_is_decoded(synth):
     """compute_loss decodes only the scored (last) DN layer; decoding them all gives the same losses."""
-    from sathmr.postprocess import decode_people
+    from sathmr.runtime.postprocess import decode_people
     from sathmr.train.data.pipeline import collate, stack_images
     from sathmr.train.dn import build_dn_queries
     from sathmr.train.engine import compute_loss, gt_scale_override
@@ -128,7 +128,7 @@ def test_damaged_resume_state_fails_in_one_line_naming_the_folder(synth, tmp_pat
     from is one line naming that folder and --no-resume; a damaged RNG state is not skipped."""
     import shutil
 
-    from sathmr.errors import SathmrError
+    from sathmr.common.errors import SathmrError
     from sathmr.train.engine import TrainConfig, train
     tc = TrainConfig(epochs=1, batch_size=2, lr=1e-4, lr_encoder=1e-4, max_steps=1, save_every_steps=1)
 

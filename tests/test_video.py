@@ -23,10 +23,10 @@ import pytest
 from click.testing import CliRunner
 
 from sathmr.cli import main
-from sathmr.io import iter_inputs
+from sathmr.inputs.items import iter_inputs
+from sathmr.inputs.video import FrameReader, VideoSource, source_from_spec
 from sathmr.train.data.pipeline import BodyModels
 from sathmr.train.data.synthetic import make_scene
-from sathmr.video.source import FrameReader, VideoSource, source_from_spec
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 10

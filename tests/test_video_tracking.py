@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from sathmr.errors import SathmrError
-from sathmr.postprocess import Person, box_iou
+from sathmr.common.errors import SathmrError
+from sathmr.runtime.postprocess import Person, box_iou
 from sathmr.video.smoothing import OneEuro, SmoothConfig, Smoother
 from sathmr.video.tracker import TrackerConfig, build_tracker
 

@@ -17,13 +17,13 @@ from click.testing import CliRunner
 from huggingface_hub import constants, hf_hub_download
 
 from sathmr.cli import main
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.model.checkpoint import read_checkpoint
-from sathmr.weights import EMBEDDED, resolve
+from sathmr.model.config import get_config
 from sathmr.zoo import MODELS, ModelEntry, get_entry, list_models
 from sathmr.zoo.fetch import fetch
 from sathmr.zoo.local import Records, check, default_checkpoint
+from sathmr.zoo.weights import EMBEDDED, resolve
 
 from fake_hub import FakeHub
 from helpers import random_official_state_dict

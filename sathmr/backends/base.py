@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from sathmr.config import ModelConfig
+from sathmr.model.config import ModelConfig
 
 
 class Backend(ABC):

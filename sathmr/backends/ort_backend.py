@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from sathmr.backends.base import Backend, fixed_batches
+from sathmr.backends.meta import GRAPHS, QUERY_OUTPUTS, Artifact, export_note, file_sha256, is_embedded, read_artifact
 from sathmr.backends.two_stage import TwoStage, selection_feeds
-from sathmr.errors import SathmrError
-from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, export_note, file_sha256, is_embedded, read_artifact
+from sathmr.common.errors import SathmrError
+from sathmr.common.optional import require
+from sathmr.common.precision import check_export_precision
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
-from sathmr.optional import require
-from sathmr.precision import check_export_precision
 
 #: CUDA provider options (names checked against ONNX Runtime's, tests/test_gpu_api.py): TF32 off, because fp32
 #: means fp32 — the token selection thresholds stage A's output (TF32 moved sat_644's token set); a heuristic

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from sathmr.backends.base import Backend, fixed_batches
+from sathmr.backends.meta import GRAPHS, QUERY_OUTPUTS, export_note, file_sha256, is_embedded, read_artifact, read_engine
 from sathmr.backends.two_stage import TwoStage, selection_feeds
-from sathmr.errors import SathmrError
-from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, export_note, file_sha256, is_embedded, read_artifact, read_engine
+from sathmr.common.errors import SathmrError
+from sathmr.common.optional import require
+from sathmr.common.precision import check_export_precision
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
-from sathmr.optional import require
-from sathmr.precision import check_export_precision
 
 
 class Engine:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from sathmr.config import ModelConfig
-from sathmr.export.meta import QUERY_OUTPUTS
+from sathmr.backends.meta import QUERY_OUTPUTS
+from sathmr.model.config import ModelConfig
 from sathmr.model.tokens import Selection, TokenBudget, TokenSelector, cell_mask, token_layout, token_outputs
 
 #: selection tensors fed to the tokens graph, by input name

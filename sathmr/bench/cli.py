@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sathmr.errors import SathmrError
-from sathmr.formats import model_options
-from sathmr.options import (
+from sathmr.backends.formats import model_options
+from sathmr.common.errors import SathmrError
+from sathmr.common.options import (
     Command,
     batch_size_option,
     config_options,
@@ -18,7 +18,7 @@ from sathmr.options import (
     threads_option,
     threshold_option,
 )
-from sathmr.precision import precision_options
+from sathmr.common.precision import precision_options
 
 if TYPE_CHECKING:       # torch loads when the benchmark runs, not for `sathmr bench --help`
     from sathmr.bench.worker import Entry
@@ -41,7 +41,7 @@ def parse_backends(text: str, precisions: str | None = None) -> list[Entry]:
     """``torch,torch:bf16,ort:int8,torch+compile`` → entries. ``precisions`` (``--precision fp32,bf16,int8``)
     expands every entry without its own precision into one per listed precision that backend runs."""
     from sathmr.bench.worker import BACKEND_PRECISIONS, Entry
-    from sathmr.precision import parse_precisions
+    from sathmr.common.precision import parse_precisions
 
     listed = [p for p in parse_precisions(precisions) if p]
     entries = []
@@ -86,12 +86,12 @@ def bench_command(model_paths, backend_text, checkpoint, precision_text, config,
     `sathmr infer` picks it), interleaved pass by pass, each backend in its own process; exported backends
     without an export given get one made on the fly."""
     from sathmr.backends import weights_behind
+    from sathmr.backends.formats import choose_models
     from sathmr.bench.report import format_report
     from sathmr.bench.run import bench
     from sathmr.bench.scaling import plot_scaling
-    from sathmr.formats import choose_models
-    from sathmr.io import write_json
-    from sathmr.weights import EMBEDDED, resolve
+    from sathmr.outputs.writers import write_json
+    from sathmr.zoo.weights import EMBEDDED, resolve
 
     names = parse_backends(backend_text or "", precision_text)
     if not names and not scaling:

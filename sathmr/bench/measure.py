@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sathmr.hardware import CPU_FLAGS, cpu_info  # noqa: F401 - the flags every benchmark prints
+from sathmr.common.hardware import CPU_FLAGS, cpu_info  # noqa: F401 - the flags every benchmark prints
 
 PERCENTILES = (50, 90, 99)
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sathmr.backends.meta import read_meta
 from sathmr.bench.measure import latency_stats, machine_info
 from sathmr.bench.scaling import run_scaling
 from sathmr.bench.setup import Setup, load_images, make_setup, synthetic_images
 from sathmr.bench.worker import Entry, WorkerSpec, serve
-from sathmr.errors import SathmrError
-from sathmr.export.meta import read_meta
+from sathmr.common.errors import SathmrError
 from sathmr.export.onnx import export_network, quantize_export
 from sathmr.export.trt import build_engines
 from sathmr.parity import ParityReport, compare_outputs

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sathmr.common.optional import require
+from sathmr.common.timing import StageTimer
 from sathmr.model import SATHMR
-from sathmr.optional import require
-from sathmr.timing import StageTimer
 
 # forced scale-map cells for the scaling sweep: (conf, scale)
 SAT_CELL, LEVEL1_CELL, BACKGROUND_CELL = (1.0, 0.1), (1.0, 0.9), (0.0, 0.5)

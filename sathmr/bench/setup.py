@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from sathmr.body import load_body_model, load_mean_params
-from sathmr.config import get_config
-from sathmr.io import iter_images
+from sathmr.inputs.items import iter_images
 from sathmr.model import SATHMR, build_model
-from sathmr.weights import EMBEDDED, load_network, resolve, synthetic_smpl_dir
+from sathmr.model.config import get_config
+from sathmr.zoo.weights import EMBEDDED, load_network, resolve, synthetic_smpl_dir
 
 # Scale-head biases for random weights. Random features barely cluster in space, so a conf bias of -1.5
 # marks nearly every 2x2 group as "person" and leaves no level-2 background. With these biases the

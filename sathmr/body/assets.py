@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 GENDERS = ("neutral", "male", "female")
 MEAN_PARAMS = "smpl_mean_params.npz"

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from sathmr.body.assets import SIDE_SOURCE, SIZES, SMPL_SOURCE, SYNTHETIC_MARKER, check_folder, default_smpl_dir
-from sathmr.errors import SathmrError
-from sathmr.options import Group, output_option
+from sathmr.common.errors import SathmrError
+from sathmr.common.options import Group, output_option
 
 
 @click.group("assets", cls=Group)

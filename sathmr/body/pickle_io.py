@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 
 class ChumpyStandIn:

@@ -23,7 +23,7 @@ from sathmr.body.assets import (
     load_h36m_regressor,
     read_model_arrays,
 )
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 # smplx's VertexJointSelector order: face, feet, then left and right finger tips.
 EXTRA_JOINT_NAMES = (

@@ -28,7 +28,7 @@ from sathmr.body.rigging import (
     shape_dirs,
 )
 from sathmr.body.smpl import SMPL_EXTRA_VERTEX_IDS
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 FULL_VERTS = 6890
 PICKLE_PROTOCOL = 2  # what the MPI files use

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sathmr.errors import SathmrError
-from sathmr.formats import DEFAULT_OPSET, DEFAULT_TRT_MAX_BATCH, EXPORT_FORMATS, TRT_ACTIVATION_BUDGET_GB
-from sathmr.options import CONFIG_HELP, Command, batch_size_option, output_option
+from sathmr.backends.formats import DEFAULT_OPSET, DEFAULT_TRT_MAX_BATCH, EXPORT_FORMATS, TRT_ACTIVATION_BUDGET_GB
+from sathmr.common.errors import SathmrError
+from sathmr.common.options import CONFIG_HELP, Command, batch_size_option, output_option
 
 if TYPE_CHECKING:      # torch and onnx load when an export runs, not for `sathmr export --help`
-    from sathmr.export.meta import Artifact
+    from sathmr.backends.meta import Artifact
 
 #: options that only mean something with one format / layout (rejected elsewhere instead of ignored)
 STATIC_ONLY = ("budget_sat", "budget_context", "canvas")
@@ -60,7 +60,7 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
 
 
 def describe(art: Artifact) -> str:
-    from sathmr.export.meta import EMBEDDED_NOTE, is_embedded
+    from sathmr.backends.meta import EMBEDDED_NOTE, is_embedded
     from sathmr.export.trt import token_maxima
     from sathmr.model.tokens import stage_lengths
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from sathmr.export.meta import QUERY_OUTPUTS, ExportMeta
+from sathmr.backends.meta import QUERY_OUTPUTS, ExportMeta
 from sathmr.model.sathmr import NET_OUTPUTS, SATHMR
 from sathmr.model.tokens import Selection
 

@@ -4,7 +4,7 @@ The default is the exact **two-stage** export (spec §10.2 Option B with dynamic
 ``scale_map.onnx`` and ``tokens.onnx`` whose batch, image size and token axes are dynamic, the shared
 ``TokenSelector`` deciding in between. ``--static-budget`` writes the single fixed-budget graph instead
 (§10.2 Option A). The graphs are the model's own seams (``sathmr.export.graphs``); the metadata that
-decides what a file may be used with travels inside every file (``sathmr.export.meta``).
+decides what a file may be used with travels inside every file (``sathmr.backends.meta``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from pathlib import Path
 import onnx
 import torch
 
+from sathmr.backends.meta import DEFAULT_OPSET, GRAPHS, Artifact, ExportMeta, file_sha256, read_artifact, state_sha256
 from sathmr.body import load_body_model
-from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.export.graphs import dynamic_shapes, graph_module, sample_inputs
-from sathmr.export.meta import DEFAULT_OPSET, GRAPHS, Artifact, ExportMeta, file_sha256, read_artifact, state_sha256
 from sathmr.export.ort_fusions import TRANSLATIONS, fuse_residuals
 from sathmr.export.quantize import quantize_weights
+from sathmr.model.config import ModelConfig
 from sathmr.model.sathmr import SATHMR
 from sathmr.model.tokens import TokenBudget, default_budget
-from sathmr.weights import load_network
+from sathmr.zoo.weights import load_network
 
 log = logging.getLogger("sathmr.export")
 # protobuf cannot serialise a single message above 2 GiB; weights go to a side file beyond this

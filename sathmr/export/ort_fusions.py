@@ -32,7 +32,7 @@ from onnxscript import opset18 as op
 from onnxscript.function_libs.torch_lib.ops.nn import aten_scaled_dot_product_attention
 from onnxscript.values import Op, Opset
 
-from sathmr.optional import require
+from sathmr.common.optional import require
 
 log = logging.getLogger("sathmr.export")
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import onnx
 
-from sathmr import hardware
-from sathmr.optional import require
+from sathmr.common import hardware
+from sathmr.common.optional import require
 
 log = logging.getLogger("sathmr.export")
 QUANTISED_OPS = ("MatMul", "Gemm")

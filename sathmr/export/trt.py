@@ -3,10 +3,10 @@
 A two-stage export becomes a folder of two engines, each built with one optimisation profile spanning
 the graph's dynamic axes (``ExportMeta.axes``: batch, image size in units of 56 px, SAT cells, context
 tokens) — so no layer has a data-dependent shape and every image runs at its own size. Every engine
-file starts with the sathmr metadata header (``sathmr.export.meta.engine_bytes``), TensorRT version
+file starts with the sathmr metadata header (``sathmr.backends.meta.engine_bytes``), TensorRT version
 included: an engine is only valid for the TensorRT version and GPU that built it.
 
-Supported: TensorRT 10.16+ and 11.x (``sathmr.optional.TENSORRT_SUPPORTED``; others are refused in one line). Both build
+Supported: TensorRT 10.16+ and 11.x (``sathmr.common.optional.TENSORRT_SUPPORTED``; others are refused in one line). Both build
 **strongly typed** networks — the one mode TensorRT 11 has (it removed ``BuilderFlag.FP16``, layer
 precisions and output types), available in 10 too — so one code path builds the same engine on both,
 and the precision is the graph's own: ``--fp16`` builds the tokens engine from an fp16 export whose
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import onnx
 
-from sathmr.errors import SathmrError
-from sathmr.export.meta import Artifact, ExportMeta, engine_bytes, read_artifact
+from sathmr.backends.formats import DEFAULT_TRT_MAX_BATCH, TRT_ACTIVATION_BUDGET_GB
+from sathmr.backends.meta import Artifact, ExportMeta, engine_bytes, read_artifact
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import atomic_write
+from sathmr.common.optional import require
 from sathmr.export.onnx import replace_folder
-from sathmr.formats import DEFAULT_TRT_MAX_BATCH, TRT_ACTIVATION_BUDGET_GB
-from sathmr.io import atomic_write
-from sathmr.optional import require
 
 log = logging.getLogger("sathmr.export")
 #: the ops kept in fp32 inside an fp16 engine

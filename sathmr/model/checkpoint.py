@@ -23,8 +23,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sathmr import __version__
-from sathmr.config import ModelConfig, get_config
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
+from sathmr.model.config import ModelConfig, get_config
 from sathmr.model.sathmr import SATHMR, build_model
 
 OFFICIAL_DECODER = "decoder.decoder."

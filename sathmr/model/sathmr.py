@@ -3,7 +3,7 @@
 Module names follow the official checkpoint, so an official state dict loads with only the
 ``decoder.decoder.`` → ``decoder.`` rename (see ``sathmr.model.checkpoint``). The network stops at the
 SMPL *parameters*; SMPL, projection and thresholding are shared post-processing
-(``sathmr.postprocess``), identical for every backend.
+(``sathmr.runtime.postprocess``), identical for every backend.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sathmr.config import ModelConfig
+from sathmr.model.config import ModelConfig
 from sathmr.model.decoder import Decoder
 from sathmr.model.geometry import bicubic_half_matrix, sine_xy
 from sathmr.model.layers import MLP, Block, Derived, batched_mlp, frozen_inference, run_blocks, stack_mlps

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sathmr.config import ModelConfig
+from sathmr.model.config import ModelConfig
 
 
 @dataclass(frozen=True)

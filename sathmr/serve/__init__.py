@@ -1,5 +1,5 @@
 """`sathmr serve`: the model behind an HTTP API (FastAPI on uvicorn), with dynamic batching on the one
-batch runner (:meth:`sathmr.api.Predictor.run_batch`), Prometheus metrics, a web page to try it, and
+batch runner (:meth:`sathmr.runtime.predictor.Predictor.run_batch`), Prometheus metrics, a web page to try it, and
 replicas under Ray Serve for scale-out.
 
 Modules: :mod:`.batcher` (the dynamic batcher, no web code), :mod:`.service` (what one request needs:

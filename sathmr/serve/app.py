@@ -23,8 +23,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sathmr import __version__
-from sathmr.errors import SathmrError
-from sathmr.optional import require
+from sathmr.common.errors import SathmrError
+from sathmr.common.optional import require
 from sathmr.serve.batcher import Busy
 from sathmr.serve.service import InferenceService, check_threshold, upload_name
 from sathmr.serve.viewer import find_viewer

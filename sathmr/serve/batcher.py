@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 T = TypeVar("T")
 R = TypeVar("R")

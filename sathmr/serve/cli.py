@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sathmr.formats import model_options as shared_model_options
-from sathmr.options import Command, config_options, device_option, threads_option, threshold_option
+from sathmr.backends.formats import model_options as shared_model_options
+from sathmr.common.options import Command, config_options, device_option, threads_option, threshold_option
 from sathmr.serve.batcher import DEFAULT_MAX_BODY_BYTES, BatchPolicy
 from sathmr.serve.limits import SERVE_MAX_PIXELS, ServeLimits
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def model_options(f):
     """The options that pick the model, in one place (``model_spec`` turns them into a ModelSpec); --model,
-    --backend and --checkpoint mean what they mean for every command (:func:`sathmr.options.model_options`)."""
+    --backend and --checkpoint mean what they mean for every command (:func:`sathmr.common.options.model_options`)."""
     for option in reversed([config_options, device_option(),
                             threads_option(help="PyTorch intra-op threads per process (default: PyTorch's; with Ray: "
                                                 "cores / replicas).")]):
@@ -65,7 +65,7 @@ def serve_command(backend, checkpoint, model_path, config, smpl_dir, device, thr
                   max_batch_size, max_queue_delay_ms, max_queue, max_body_mb, max_pixels, max_decodes, decode_memory_mb,
                   max_connections, viewer_dir, install_viewer_, ray_replicas, ray_address, graceful_timeout, access_log):
     """Serve the model over HTTP: POST /v1/infer, GET /v1/models, /healthz, /metrics, and a page at /."""
-    from sathmr.optional import require
+    from sathmr.common.optional import require
     from sathmr.serve.app import create_app
     from sathmr.serve.limits import uvicorn_config
     from sathmr.serve.ray_app import serve_with_ray

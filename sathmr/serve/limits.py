@@ -19,8 +19,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sathmr.errors import SathmrError
-from sathmr.optional import require
+from sathmr.common.errors import SathmrError
+from sathmr.common.optional import require
 from sathmr.serve.batcher import Busy
 
 SERVE_MAX_PIXELS = 40_000_000

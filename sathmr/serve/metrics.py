@@ -7,7 +7,7 @@ answered); a Prometheus scrape of each replica's ``/metrics`` sums them.
 
 from __future__ import annotations
 
-from sathmr.optional import require
+from sathmr.common.optional import require
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

@@ -15,7 +15,7 @@ import signal
 import threading
 from dataclasses import replace
 
-from sathmr.optional import require
+from sathmr.common.optional import require
 from sathmr.serve.app import create_app
 from sathmr.serve.service import InferenceService, ModelSpec, ServeConfig
 

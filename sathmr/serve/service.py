@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from sathmr import __version__
-from sathmr.api import Predictor, load_predictor
-from sathmr.errors import SathmrError
-from sathmr.io import encode_png
-from sathmr.meshes import mesh_file_bytes
-from sathmr.postprocess import ImageResult, image_json
-from sathmr.preprocess import Prepared, check_pixels, decode_image, header_size
-from sathmr.render import result_mosaic
+from sathmr.common.errors import SathmrError
+from sathmr.inputs.images import check_pixels, decode_image, header_size
+from sathmr.outputs.meshes import mesh_file_bytes
+from sathmr.outputs.render import result_mosaic
+from sathmr.outputs.writers import encode_png
+from sathmr.runtime.postprocess import ImageResult, image_json
+from sathmr.runtime.predictor import Predictor, load_predictor
+from sathmr.runtime.preprocess import Prepared
 from sathmr.serve.batcher import DEFAULT_MAX_BODY_BYTES, BatchPolicy, DynamicBatcher
 from sathmr.serve.limits import SERVE_MAX_PIXELS, DecodeGate, ServeLimits
 from sathmr.serve.metrics import Metrics
@@ -32,7 +33,7 @@ from sathmr.serve.metrics import Metrics
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model to serve and where; picklable, so Ray replicas load exactly what the command named."""
-    backend: str | None = None          # None: the one the model implies (sathmr.formats)
+    backend: str | None = None          # None: the one the model implies (sathmr.backends.formats)
     checkpoint: str | None = None
     model_path: str | None = None
     config: str | None = None

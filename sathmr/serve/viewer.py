@@ -14,8 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sathmr.errors import SathmrError
-from sathmr.weights import cache_dir
+from sathmr.common.errors import SathmrError
+from sathmr.zoo.weights import cache_dir
 
 VIEWER_SPEC = "@google/model-viewer@4.4.0"              # the version the page and its browser test use
 VIEWER_FILE = Path("@google/model-viewer/dist/model-viewer.min.js")

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import click
 
-from sathmr.errors import SathmrError
-from sathmr.formats import model_options
-from sathmr.options import CONFIG_HELP, Command, batch_size_option, device_option, input_option, output_option, threshold_option
-from sathmr.precision import precision_options
+from sathmr.backends.formats import model_options
+from sathmr.common.errors import SathmrError
+from sathmr.common.options import (
+    CONFIG_HELP,
+    Command,
+    batch_size_option,
+    device_option,
+    input_option,
+    output_option,
+    threshold_option,
+)
+from sathmr.common.precision import precision_options
 
 PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
@@ -108,18 +116,18 @@ def train_command(data_root, datasets, val_sets, config, smpl_dir, init, output,
     per process) or `accelerate launch -m sathmr train ...`."""
     import torch
 
-    from sathmr.api import Predictor
     from sathmr.backends import TorchBackend
     from sathmr.body import load_mean_params
-    from sathmr.config import get_config
-    from sathmr.distributed import launched_rank
     from sathmr.model import build_model
     from sathmr.model.checkpoint import init_from_dinov2, load_on_canvas
+    from sathmr.model.config import get_config
+    from sathmr.runtime.distributed import launched_rank
+    from sathmr.runtime.predictor import Predictor
     from sathmr.train.data.pipeline import BodyModels
     from sathmr.train.engine import TrainConfig, evaluate, train
-    from sathmr.weights import checkpoint_path
     from sathmr.zoo.local import model_file
     from sathmr.zoo.registry import MODELS
+    from sathmr.zoo.weights import checkpoint_path
 
     cfg = get_config(config)
     smpl = body_for(smpl_dir, data_root)
@@ -173,18 +181,18 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, m
                  batch_size, limit, device, json_path, submission_path):
     """Evaluate on a dataset with the original protocols (F1, MPJPE, MVE, ...); several processes
     (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
-    from sathmr.api import Predictor
     from sathmr.backends import load_backend
-    from sathmr.distributed import start
-    from sathmr.formats import choose_model
-    from sathmr.io import ensure_writable, write_json
-    from sathmr.precision import precision_kwargs
+    from sathmr.backends.formats import choose_model
+    from sathmr.common.precision import precision_kwargs
+    from sathmr.outputs.writers import ensure_writable, write_json
+    from sathmr.runtime.distributed import start
+    from sathmr.runtime.predictor import Predictor
     from sathmr.train.data.pipeline import BodyModels
     from sathmr.train.data.readers import LAYOUTS, check_split
     from sathmr.train.engine import evaluate
     from sathmr.train.metric_definitions import describe_metrics
     from sathmr.train.metrics import load_array, write_agora_submission
-    from sathmr.weights import EMBEDDED, resolve
+    from sathmr.zoo.weights import EMBEDDED, resolve
 
     (name, split), = parse_sets((dataset,), dataset)
     check_split(data_root, name, split)     # before any model is loaded

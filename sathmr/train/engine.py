@@ -22,14 +22,14 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm import tqdm
 
-from sathmr.api import Predictor
-from sathmr.config import ModelConfig
-from sathmr.distributed import ProcessGroup
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.model.checkpoint import save_checkpoint
+from sathmr.model.config import ModelConfig
 from sathmr.model.sathmr import SATHMR
-from sathmr.postprocess import decode_people
-from sathmr.preprocess import Prepared
+from sathmr.runtime.distributed import ProcessGroup
+from sathmr.runtime.postprocess import decode_people
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import Prepared
 from sathmr.train.data.pipeline import collate, seed_epoch, stack_images
 from sathmr.train.dn import build_dn_queries
 from sathmr.train.losses import SetCriterion, accelerate_reducer

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sathmr.errors import SathmrError
-from sathmr.files import atomic_write
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import atomic_write
 
 MATCH_JOINTS = 24
 IOU_THRESH = 0.1

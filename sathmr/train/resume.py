@@ -20,7 +20,7 @@ from accelerate.utils import RNG_STATE_NAME
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 #: what reading a damaged state file raises (torch.load: pickle/zip errors; safetensors; json)
 DAMAGED = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError,

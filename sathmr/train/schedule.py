@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 
 def warmup_cosine_lambda(total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> Callable[[int], float]:

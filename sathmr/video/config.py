@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sathmr.errors import SathmrError
-from sathmr.files import UMASK
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import UMASK
 
 CODECS = ("avc1", "mp4v")          # preference order: H.264, then MPEG-4 Part 2 (in every OpenCV build)
 

@@ -1,5 +1,5 @@
 """Videos in the inference pipeline: the events one video makes (reader thread) and their consumer
-(writer thread), both plugged into :func:`sathmr.pipeline.run_pipeline` by ``sathmr infer``.
+(writer thread), both plugged into :func:`sathmr.runtime.pipeline.run_pipeline` by ``sathmr infer``.
 
     VideoStart, Work(FrameJob) | FrameFailed, ..., VideoEnd        (or one Skipped / Failed)
 """
@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sathmr.errors import SathmrError
-from sathmr.pipeline import Failed, Skipped, Work
-from sathmr.postprocess import ImageResult
-from sathmr.preprocess import Prepared
+from sathmr.common.errors import SathmrError
+from sathmr.inputs.video import Frame, FrameReader, VideoSource
+from sathmr.runtime.pipeline import Failed, Skipped, Work
+from sathmr.runtime.postprocess import ImageResult
+from sathmr.runtime.preprocess import Prepared
 from sathmr.video.sink import ThresholdDirs, VideoOptions, VideoSink, fresh_name, video_done
-from sathmr.video.source import Frame, FrameReader, VideoSource
 from sathmr.video.udp import UdpPublisher
 
 
@@ -31,7 +31,7 @@ class VideoStart:
 
 @dataclass
 class FrameJob:
-    """The payload of a frame's :class:`~sathmr.pipeline.Work`."""
+    """The payload of a frame's :class:`~sathmr.runtime.pipeline.Work`."""
     video: VideoStart
     frame: Frame
 

@@ -21,12 +21,12 @@ from typing import Protocol
 
 import numpy as np
 
-from sathmr.io import atomic_write
-from sathmr.postprocess import ImageResult, Person
-from sathmr.render import result_mosaic
+from sathmr.common.files import atomic_write
+from sathmr.inputs.video import Frame, FrameLimits, VideoSource
+from sathmr.outputs.render import result_mosaic
+from sathmr.runtime.postprocess import ImageResult, Person
 from sathmr.video.mp4 import Mp4Writer
 from sathmr.video.smoothing import SmoothConfig, build_smoother
-from sathmr.video.source import Frame, FrameLimits, VideoSource
 from sathmr.video.tracker import TrackerConfig, build_tracker
 from sathmr.video.udp import UdpPublisher
 

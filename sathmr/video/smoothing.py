@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from sathmr.postprocess import Person, project
+from sathmr.runtime.postprocess import Person, project
 from sathmr.video.config import SmoothConfig
 
 

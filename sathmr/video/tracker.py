@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from sathmr.postprocess import Person, box_iou
+from sathmr.runtime.postprocess import Person, box_iou
 from sathmr.video.config import TrackerConfig
 
 BODY_JOINTS = 24         # SMPL joints used for the pose term (the first 24 of the 45 outputs)

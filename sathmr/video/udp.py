@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from sathmr.errors import SathmrError
-from sathmr.postprocess import Person
+from sathmr.common.errors import SathmrError
+from sathmr.runtime.postprocess import Person
 
 MAX_DATAGRAM = 60_000      # below the 65,507-byte UDP payload limit, with room for the header
 DIGITS = 5                 # decimals kept (1/100 mm, 1e-5 rad)

@@ -7,10 +7,9 @@ import json
 import click
 
 from sathmr.body.assets import SMPL_SOURCE, default_smpl_dir, find_model_file
-from sathmr.errors import SathmrError
-from sathmr.files import weights_dir
-from sathmr.options import Command, Group, output_option
-from sathmr.zoo.local import LocalState, Records, check, packaged_config, records_path
+from sathmr.common.errors import SathmrError
+from sathmr.common.options import Command, Group, output_option
+from sathmr.zoo.local import LocalState, Records, check, packaged_config, records_path, weights_dir
 from sathmr.zoo.registry import ModelEntry, get_entry, list_models
 
 

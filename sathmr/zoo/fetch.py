@@ -30,9 +30,9 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 
 from sathmr import __version__
-from sathmr.errors import SathmrError
-from sathmr.files import cache_dir, file_sha256, weights_dir
-from sathmr.zoo.local import Records
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import file_sha256
+from sathmr.zoo.local import Records, cache_dir, weights_dir
 from sathmr.zoo.registry import ModelEntry
 
 #: what a failed transfer raises: OS errors, the Hub's own, and its HTTP client's base error (httpx or

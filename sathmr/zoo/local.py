@@ -9,20 +9,32 @@ recomputed only when the file changes or when asked (``sathmr models --verify``)
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
-from sathmr.files import atomic_write, cache_dir, file_sha256, weights_dir
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import atomic_write, file_sha256
+from sathmr.model.config import ModelConfig
 from sathmr.zoo.registry import MODELS, ModelEntry, get_entry
 
 #: local states: shipped in the package; sha256 equal to a checked reference; equal to a checksum recorded
 #: from a size-checked download only; not hashed yet; hashed, nothing to compare with; different; missing
 STATES = ("packaged", "verified", "recorded", "unchecked", "no reference", "MISMATCH", "absent")
+
+
+def weights_dir() -> Path:
+    """The user's model folder: ``$SATHMR_WEIGHTS``, else ``./weights``."""
+    return Path(os.environ.get("SATHMR_WEIGHTS", "weights"))
+
+
+def cache_dir() -> Path:
+    """sathmr's own cache: ``$SATHMR_CACHE``, else ``$XDG_CACHE_HOME/sathmr`` (``~/.cache/sathmr``)."""
+    base = os.environ.get("SATHMR_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sathmr")
+    return Path(base)
 
 
 def records_path() -> Path:

@@ -13,7 +13,7 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 #: the embedded default: a tiny model trained on synthetic mannequins, shipped inside the package
 EMBEDDED = Path(__file__).resolve().parents[1] / "data" / "default_tiny.safetensors"

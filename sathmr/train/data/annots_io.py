@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sathmr.body.pickle_io import RestrictedUnpickler
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 # What annotation pickles need beyond the SMPL-file allow-list of ``sathmr.body.pickle_io``.
 _EXTRA_GLOBALS: set[tuple[str, str]] = {

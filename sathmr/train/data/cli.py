@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sathmr.options import Group, output_option
+from sathmr.common.options import Group, output_option
 from sathmr.train.data.defaults import HEIGHT_RANGE, LAYOUT_SPLITS, MAX_PEOPLE, POSE_PRIOR_NAMES
 
 

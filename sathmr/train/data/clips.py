@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from sathmr.postprocess import box_iou
-from sathmr.render import render_meshes
+from sathmr.outputs.render import render_meshes
+from sathmr.runtime.postprocess import box_iou
 from sathmr.train.data.pipeline import BodyModels
 from sathmr.train.data.poses import POSE_PRIORS
 from sathmr.train.data.synthetic import (

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from sathmr.body import load_body_model
-from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
-from sathmr.preprocess import normalize, padded_size, read_image, resize_long_side
+from sathmr.common.errors import SathmrError
+from sathmr.inputs.images import read_image
+from sathmr.model.config import ModelConfig
+from sathmr.runtime.preprocess import normalize, padded_size, resize_long_side
 from sathmr.train.data.augment import (
     AugParams,
     augment_extrinsics,
@@ -316,7 +317,7 @@ def stack_images(images: Sequence[torch.Tensor], targets: Sequence[dict] | None 
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad normalised images into one (B,3,H,W) batch plus each image's (h, w).
 
-    Like :func:`sathmr.preprocess.collate`, the extra area is filled with zeros of the *normalised*
+    Like :func:`sathmr.runtime.preprocess.collate`, the extra area is filled with zeros of the *normalised*
     tensor; the network masks it out by ``img_hw``. Without targets, (h, w) is the tensor size.
     """
     H = max(t.shape[1] for t in images)

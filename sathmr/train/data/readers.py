@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 from sathmr.train.data.annots_io import load_annots
 
 NUM_BETAS = 10

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from sathmr.body import generate_synthetic
-from sathmr.errors import SathmrError
-from sathmr.postprocess import box_iou
-from sathmr.render import render_meshes
+from sathmr.common.errors import SathmrError
+from sathmr.outputs.render import render_meshes
+from sathmr.runtime.postprocess import box_iou
 from sathmr.train.data.annots_io import save_annots
 from sathmr.train.data.defaults import HEIGHT_RANGE, LAYOUT_SPLITS, MAX_PEOPLE, SPLITS
 from sathmr.train.data.geometry import matrix_to_rotvec, rotvec_to_matrix

@@ -1,22 +1,17 @@
-"""Inputs (images, folders, videos, streams) and outputs (written atomically, so a crash never leaves half a file)."""
+"""The input units an ``--input`` names (images, videos, streams), each loaded only when it is processed."""
 
 from __future__ import annotations
 
-import io
-import json
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from sathmr.errors import SathmrError
-from sathmr.files import atomic_write
-from sathmr.input_files import find_inputs
-from sathmr.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image
-from sathmr.video.source import VIDEO_SUFFIXES, FrameReader, VideoSource, is_video_file, source_from_spec
+from sathmr.common.errors import SathmrError
+from sathmr.inputs.discover import DEFAULT_MAX_PIXELS, find_inputs
+from sathmr.inputs.images import IMAGE_SUFFIXES, read_image
+from sathmr.inputs.video import VIDEO_SUFFIXES, FrameReader, VideoSource, is_video_file, source_from_spec
 
 
 @dataclass
@@ -31,8 +26,8 @@ def iter_inputs(spec: str | Path, exclude: Iterable[str | Path] = (),
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[InputItem | VideoSource]:
     """The input units ``spec`` names: an image, a video, a webcam index (``0``), a stream URL
     (``rtsp://…``, ``http://…``), a folder tree, a glob pattern or a ``.txt``/``.lst`` list of paths (see
-    :mod:`sathmr.input_files`). Images are :class:`InputItem`; each video or stream is one
-    :class:`~sathmr.video.source.VideoSource` unit, read frame by frame by whoever processes it.
+    :mod:`sathmr.inputs.discover`). Images are :class:`InputItem`; each video or stream is one
+    :class:`~sathmr.inputs.video.VideoSource` unit, read frame by frame by whoever processes it.
 
     Problems (unreadable folders, symlink loops, missing listed files) come as items with ``error`` set,
     in their place in the order, so that a run reports them and carries on.
@@ -73,34 +68,3 @@ def _failed(name: str, source: str, error: str) -> InputItem:
     def load() -> np.ndarray:
         raise SathmrError(error)
     return InputItem(name, source, load, error)
-
-
-def ensure_writable(folder: Path) -> None:
-    """Create the output folder and prove that it takes files, so a read-only target fails before any work."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise SathmrError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=1).encode())
-
-
-def encode_png(img_bgr: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img_bgr)
-    if not ok:
-        raise SathmrError(f"cannot encode a PNG of a {img_bgr.shape} {img_bgr.dtype} image")
-    return buf.tobytes()
-
-
-def write_png(path: Path, img_bgr: np.ndarray) -> None:
-    atomic_write(path, encode_png(img_bgr))
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write(path, buf.getvalue())

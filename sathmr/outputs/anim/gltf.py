@@ -12,7 +12,7 @@ tracker bridges misses (at most ``max_missed`` frames, else the track ends). Bef
 and after its last seen frame the body is hidden: the ``track_<id>`` node's scale steps to 0 (a STEP
 sampler), since glTF would otherwise hold the first/last pose for the whole video.
 
-Frames follow :mod:`sathmr.meshes`: y up, the camera at the origin looking down -z with the model
+Frames follow :mod:`sathmr.outputs.meshes`: y up, the camera at the origin looking down -z with the model
 camera's field of view, so looking through it shows the people where the video shows them.
 """
 
@@ -23,10 +23,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sathmr.anim.motion import NUM_JOINTS, TrackMotion
-from sathmr.meshes import FRAME_NOTE, ROUGHNESS, gltf_camera, json_only_glb, srgb_to_linear
-from sathmr.optional import require
-from sathmr.render_raster import index_colors
+from sathmr.common.optional import require
+from sathmr.outputs.anim.motion import NUM_JOINTS, TrackMotion
+from sathmr.outputs.meshes import FRAME_NOTE, ROUGHNESS, gltf_camera, json_only_glb, srgb_to_linear
+from sathmr.outputs.raster import index_colors
 
 FLOAT, UINT, UBYTE = 5126, 5125, 5121
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963

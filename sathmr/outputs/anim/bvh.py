@@ -1,7 +1,7 @@
 """One tracked person as a BVH file (``<name>_<track>.bvh``): the same 24-joint skeleton and motion as
 the glTF, without a mesh.
 
-Metres, y up, the glTF frame of :mod:`sathmr.anim.motion` (so the root rotation includes the camera
+Metres, y up, the glTF frame of :mod:`sathmr.outputs.anim.motion` (so the root rotation includes the camera
 flip and the rest pose stands upright, facing +z). The root has position and rotation channels, every
 other joint rotation channels, all in ``Zrotation Yrotation Xrotation`` order (R = Rz Ry Rx, degrees,
 unwrapped over time so no channel jumps by 360). BVH has one frame rate and no gaps: frame 0 is the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sathmr.anim.motion import NUM_JOINTS, TrackMotion
+from sathmr.outputs.anim.motion import NUM_JOINTS, TrackMotion
 
 EULER = "ZYX"                 # scipy's intrinsic Z, then Y, then X: R = Rz @ Ry @ Rx
 CHANNELS = "Zrotation Yrotation Xrotation"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
-STAGES = ("scale_map", "tokens")     # the graphs of a two-stage export (sathmr.export.meta.STAGES is this)
-DEFAULT_OPSET = 18                   # of `sathmr export` (sathmr.export.meta.DEFAULT_OPSET is this)
+STAGES = ("scale_map", "tokens")     # the graphs of a two-stage export (sathmr.backends.meta.STAGES is this)
+DEFAULT_OPSET = 18                   # of `sathmr export` (sathmr.backends.meta.DEFAULT_OPSET is this)
 DEFAULT_TRT_MAX_BATCH = 1            # largest batch of a TensorRT engine's profiles by default (larger batches run in chunks)
 TRT_ACTIVATION_BUDGET_GB = 8.0       # what one attention-score tensor may take at a TensorRT profile's maxima (sathmr.export.trt)
 
@@ -113,8 +113,8 @@ def choose_model(model: str | Path | None = None, backend: str | None = None,
             given = f" ({checkpoint} is {FORMATS['checkpoint'].what}: export it with `sathmr export`)" if checkpoint else ""
             raise SathmrError(f"--backend {backend} runs {fmt.what}: pass it with --model{given}")
         return ModelChoice(backend or "torch", FORMATS["checkpoint"], None, None)
-    from sathmr.weights import checkpoint_path  # at call time: the CLI's options import this module
     from sathmr.zoo.local import locate
+    from sathmr.zoo.weights import checkpoint_path  # at call time: the CLI's options import this module
 
     path = locate(model, "checkpoint" if Path(model).suffix in FORMATS["checkpoint"].suffixes else "model")
     fmt = detect(path)
@@ -142,7 +142,7 @@ def choose_models(models: tuple[str, ...], backends: list[str], checkpoint: str 
     given = [choose_model(m) for m in models]
     weights = [c.checkpoint for c in given if c.format.name == "checkpoint"]
     if checkpoint is not None:
-        from sathmr.weights import checkpoint_path
+        from sathmr.zoo.weights import checkpoint_path
 
         weights.append(checkpoint_path(checkpoint))
     if len(weights) > 1:

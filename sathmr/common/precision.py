@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 if TYPE_CHECKING:       # torch is imported where a precision is applied, so the CLI's options load without it
     import torch
@@ -67,7 +67,7 @@ def plan_precision(precision: str, device: torch.device | str, allow_emulated: b
     warns, and the plan's label says so); fp16 on a CPU is always refused."""
     import torch
 
-    from sathmr.hardware import not_native
+    from sathmr.common.hardware import not_native
 
     device = torch.device(device)
     if precision not in TORCH_PRECISIONS:
@@ -105,7 +105,7 @@ def parse_precisions(text: str | None) -> list[str | None]:
 def precision_kwargs(precision: str | None = None, compile: bool = False, allow_emulated: bool = False,
                      backend: str | None = None) -> dict:
     """The backend keywords of a command's ``--precision`` / ``--compile``: only what was asked for, so
-    that a backend that cannot honour it refuses it (``sathmr.formats.validate_options``: ``--compile``
+    that a backend that cannot honour it refuses it (``sathmr.backends.formats.validate_options``: ``--compile``
     on an export) instead of ignoring it. ``allow_emulated`` (parity, eval, bench: accuracy is the point)
     reaches the torch backends only; ``backend`` is the one the model implies (None: torch)."""
     opts: dict = {}
@@ -131,7 +131,7 @@ PRECISION_HELP = {
 def precision_options(purpose: str = "speed", compile: bool = True):
     """``--precision`` (and ``--compile``) next to a command's model options; ``purpose`` "accuracy" where
     emulated bf16 is allowed (eval), "speed" where it is refused (infer), "list" for a comma list (bench,
-    parity: the text is parsed by :func:`sathmr.precision.parse_precisions`)."""
+    parity: the text is parsed by :func:`sathmr.common.precision.parse_precisions`)."""
     def decorate(command):
         if compile:
             command = click.option("--compile", "compile_", is_flag=True,

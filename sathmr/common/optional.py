@@ -8,7 +8,7 @@ import importlib
 import importlib.metadata
 from types import ModuleType
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 # import name -> (pip extra, what it is for)
 EXTRAS = {

@@ -20,7 +20,7 @@ import click
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 T = TypeVar("T")
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sathmr.anim.bvh import bvh_text
-from sathmr.anim.gltf import anim_glb_bytes
-from sathmr.anim.motion import track_motions
-from sathmr.errors import SathmrError
-from sathmr.files import atomic_write
-from sathmr.optional import require
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import atomic_write
+from sathmr.common.optional import require
+from sathmr.outputs.anim.bvh import bvh_text
+from sathmr.outputs.anim.gltf import anim_glb_bytes
+from sathmr.outputs.anim.motion import track_motions
 
 ANIM_FORMATS = ("glb", "bvh")
 

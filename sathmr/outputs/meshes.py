@@ -24,8 +24,8 @@ import numpy as np
 import trimesh
 from trimesh.visual.material import PBRMaterial
 
-from sathmr.io import atomic_write
-from sathmr.render_raster import NEAR, person_colors
+from sathmr.common.files import atomic_write
+from sathmr.outputs.raster import NEAR, person_colors
 
 CV_TO_GL = np.diag([1.0, -1.0, -1.0])    # OpenCV camera frame → glTF/OpenGL frame (180° about x)
 ROUGHNESS = 0.7                          # matte skin-like surface; metallic 0 (glTF's default 1 renders black)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sathmr.io import write_npz
-from sathmr.postprocess import Person
+from sathmr.outputs.writers import write_npz
+from sathmr.runtime.postprocess import Person
 
 SMPL_KEYS = ("global_orient", "body_pose", "betas", "transl")
 CONVENTION = (

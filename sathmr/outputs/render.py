@@ -12,9 +12,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from sathmr.errors import SathmrError
-from sathmr.postprocess import ImageResult, Person
-from sathmr.render_raster import index_colors, person_colors, render_meshes
+from sathmr.common.errors import SathmrError
+from sathmr.outputs.raster import index_colors, person_colors, render_meshes
+from sathmr.runtime.postprocess import ImageResult, Person
 
 __all__ = ["coolwarm", "overlay_mosaic", "person_colors", "render_meshes", "result_mosaic"]
 

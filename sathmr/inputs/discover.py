@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 LIST_SUFFIXES = (".txt", ".lst")   # an --input with one of these suffixes lists paths, one per line
-DEFAULT_MAX_PIXELS = 250_000_000    # a 200-megapixel phone photo passes; decoding it takes ~0.6 GB
+DEFAULT_MAX_PIXELS = 250_000_000    # a 200-megapixel phone photo passes; decoding it takes ~0.6 GB (sathmr.inputs.images)
 GLOB_CHARS = "*?["                 # an --input that does not exist and has one of these is a pattern
 
 

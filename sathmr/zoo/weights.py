@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sathmr.body import default_smpl_dir, generate_synthetic, load_mean_params
-from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
-from sathmr.files import cache_dir, weights_dir
+from sathmr.common.errors import SathmrError
 from sathmr.model.checkpoint import load_model
+from sathmr.model.config import ModelConfig
 from sathmr.model.sathmr import SATHMR
-from sathmr.zoo.local import default_checkpoint, locate
+from sathmr.zoo.local import cache_dir, default_checkpoint, locate, weights_dir
 from sathmr.zoo.registry import EMBEDDED, MODELS
 
 __all__ = ["EMBEDDED", "Resolved", "cache_dir", "checkpoint_path", "load_network", "resolve", "synthetic_smpl_dir",

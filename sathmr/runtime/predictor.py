@@ -17,13 +17,14 @@ import torch
 
 from sathmr.backends import Backend, open_model
 from sathmr.body import load_body_model
-from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
-from sathmr.postprocess import RAW_OUTPUTS, ImageResult, TokenCounts, as_arrays, decode_outputs, select_people
-from sathmr.precision import precision_kwargs
-from sathmr.preprocess import Prepared, collate, prepare, read_image
-from sathmr.timing import StageTimer
-from sathmr.weights import resolve
+from sathmr.common.errors import SathmrError
+from sathmr.common.precision import precision_kwargs
+from sathmr.common.timing import StageTimer
+from sathmr.inputs.images import read_image
+from sathmr.model.config import ModelConfig
+from sathmr.runtime.postprocess import RAW_OUTPUTS, ImageResult, TokenCounts, as_arrays, decode_outputs, select_people
+from sathmr.runtime.preprocess import Prepared, collate, prepare
+from sathmr.zoo.weights import resolve
 
 
 @dataclass
@@ -133,7 +134,7 @@ def load_predictor(backend: str | None = None, checkpoint=None, smpl_dir=None, c
     """Build the backend (:func:`sathmr.backends.open_model`: ``model_path`` may be any model file, export
     or registry name, and implies the backend) and the body model; returns the predictor and what was loaded.
 
-    ``precision``: fp32 / bf16 / fp16 for the torch backends (see :mod:`sathmr.precision`; hardware
+    ``precision``: fp32 / bf16 / fp16 for the torch backends (see :mod:`sathmr.common.precision`; hardware
     without native kernels is refused unless ``allow_emulated=True``); for an export it can only confirm
     the exported model's own. ``compile``: torch.compile (torch backends only).
     """

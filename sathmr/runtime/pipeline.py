@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sathmr.api import Predictor
-from sathmr.postprocess import ImageResult
-from sathmr.preprocess import Prepared
+from sathmr.runtime.postprocess import ImageResult
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import Prepared
 
 _END = object()
 # The network thread gives up the GIL around every tensor op and must win it back from the reader and

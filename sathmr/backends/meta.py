@@ -27,15 +27,15 @@ from pathlib import Path
 from torch import nn
 
 from sathmr import __version__
-from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
-from sathmr.export.integrity import check_meta_values, check_signature, read_header
-from sathmr.files import file_sha256  # noqa: F401 - exporters and backends import it from here
-from sathmr.formats import DEFAULT_OPSET  # noqa: F401 - exporters import it from here
-from sathmr.formats import STAGES as GRAPH_STAGES
+from sathmr.backends.formats import DEFAULT_OPSET  # noqa: F401 - exporters import it from here
+from sathmr.backends.formats import STAGES as GRAPH_STAGES
+from sathmr.backends.integrity import check_meta_values, check_signature, read_header
+from sathmr.common.errors import SathmrError
+from sathmr.common.files import file_sha256  # noqa: F401 - exporters and backends import it from here
+from sathmr.common.precision import EXPORT_PRECISIONS
+from sathmr.model.config import ModelConfig
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import TokenBudget
-from sathmr.precision import EXPORT_PRECISIONS
 
 FORMAT_TAG = "sathmr-onnx-2"        # -1: the single static graph of sathmr <= 0.1 (refused: re-export)
 LAYOUTS = ("two-stage", "static")
@@ -198,11 +198,11 @@ class Artifact:
 
 
 def _onnx_props(path: Path) -> dict[str, str]:
-    return read_header(path).props      # refuses external data outside the folder (sathmr.export.integrity)
+    return read_header(path).props      # refuses external data outside the folder (sathmr.backends.integrity)
 
 
 def _check_graphs(art: Artifact) -> Artifact:
-    """The ONNX graphs' own input signatures against the metadata (sathmr.export.integrity)."""
+    """The ONNX graphs' own input signatures against the metadata (sathmr.backends.integrity)."""
     for f in art.files.values():
         if f.suffix == ".onnx":
             check_signature(read_header(f), art.meta.cfg, art.meta.batch, art.meta.canvas_hw, str(f))

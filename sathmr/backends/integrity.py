@@ -1,6 +1,6 @@
 """Is an exported ONNX file what its metadata says, and does it stay inside its folder?
 
-Checked when an export is read (``sathmr.export.meta.read_artifact``), before any runtime — ONNX
+Checked when an export is read (``sathmr.backends.meta.read_artifact``), before any runtime — ONNX
 Runtime, TensorRT's parser, ``onnx.load`` — opens the graph, so every backend gets the same one-line
 refusal instead of a traceback or, worse, a read of someone else's file:
 
@@ -29,8 +29,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from sathmr.config import ModelConfig
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
+from sathmr.model.config import ModelConfig
 
 #: element type of every graph input (ONNX Runtime exports take float32 images at every precision)
 INPUT_TYPES = {"images": TensorProto.FLOAT, "img_hw": TensorProto.INT64, "t1": TensorProto.FLOAT,

@@ -1,6 +1,6 @@
 """Video inputs as whole units: files, webcams and network streams, read frame by frame through OpenCV.
 
-A video is one unit of the input listing (:func:`sathmr.io.iter_inputs`), so a shard function can hand
+A video is one unit of the input listing (:func:`sathmr.inputs.items.iter_inputs`), so a shard function can hand
 whole videos to processes. Frames keep their index in the source even when one cannot be decoded: a
 corrupt frame comes as a :class:`Frame` with ``error`` set (reported and skipped by the caller) and
 reading goes on with the next one.
@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -1,4 +1,4 @@
-"""Where sathmr keeps files (the user's weights folder, its cache) and how it writes and fingerprints them.
+"""How sathmr writes and fingerprints files.
 
 The bottom layer: everything that stores or checks a file (outputs, exports, downloaded weights)
 imports these, so none of them has to import a module above it just to write atomically or hash.
@@ -10,17 +10,6 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-
-
-def weights_dir() -> Path:
-    """The user's model folder: ``$SATHMR_WEIGHTS``, else ``./weights``."""
-    return Path(os.environ.get("SATHMR_WEIGHTS", "weights"))
-
-
-def cache_dir() -> Path:
-    """sathmr's own cache: ``$SATHMR_CACHE``, else ``$XDG_CACHE_HOME/sathmr`` (``~/.cache/sathmr``)."""
-    base = os.environ.get("SATHMR_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "sathmr")
-    return Path(base)
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 NEAR = 0.05          # pyrender's default znear: triangles with any vertex at z <= NEAR are skipped
 AMBIENT = 0.3        # scene ambient light of the official demo

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from sathmr.config import ModelConfig
+from sathmr.model.config import ModelConfig
 from sathmr.model.geometry import box_cxcywh_to_xyxy, rot6d_to_rotmat, rotmat_to_axis_angle
 
 RAW_OUTPUTS = ("pred_boxes", "pred_confs", "pred_poses", "pred_betas", "pred_transl", "pred_j3ds",
@@ -178,7 +178,7 @@ def image_json(res: ImageResult, threshold: float, source: str, backend: str, fo
                track_ids: Sequence[int] | None = None, precision: str = "fp32") -> dict:
     """The per-image answer at one threshold: what ``sathmr infer`` writes as ``<name>.json`` and
     ``sathmr serve`` returns; ``track_ids`` (one per person, a video frame) add ``track_id``;
-    ``precision``: what the network ran at (``sathmr.precision``)."""
+    ``precision``: what the network ran at (``sathmr.common.precision``)."""
     people = res.people[threshold]
     return {
         "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),

@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """A tracked person as skeletal motion: the rest skeleton of its body, and per seen frame the joints'
-local rotations and the pelvis position, in the y-up glTF/OpenGL frame of :mod:`sathmr.meshes`.
+local rotations and the pelvis position, in the y-up glTF/OpenGL frame of :mod:`sathmr.outputs.meshes`.
 
 The motion is read from a tracks file (``<name>_tracks.json``, :mod:`sathmr.video.sink`), so it is
 exactly what that file says and can be rebuilt from it later:
@@ -28,8 +28,8 @@ from scipy.spatial.transform import Rotation, Slerp
 from smplx.lbs import lbs
 
 from sathmr.body.mannequin import JOINT_NAMES
-from sathmr.errors import SathmrError
-from sathmr.meshes import CV_TO_GL
+from sathmr.common.errors import SathmrError
+from sathmr.outputs.meshes import CV_TO_GL
 
 NUM_JOINTS = 24
 
