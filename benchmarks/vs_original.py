@@ -32,10 +32,11 @@ import torch.nn.functional as F
 
 from sathmr.backends import TorchBackend
 from sathmr.bench.setup import make_setup
-from sathmr.hardware import cpu_description
+from sathmr.common.hardware import cpu_description
+from sathmr.inputs.images import read_image
 from sathmr.model.checkpoint import to_official
-from sathmr.postprocess import decode_outputs
-from sathmr.preprocess import collate, prepare, read_image
+from sathmr.runtime.postprocess import decode_outputs
+from sathmr.runtime.preprocess import collate, prepare
 
 DEFAULT_IMAGE = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images")) / "sathmr_demo_img1.jpeg"
 OUTPUTS = ("pred_boxes", "pred_confs", "pred_poses", "pred_betas", "pred_transl", "pred_j3ds", "pred_j2ds",
