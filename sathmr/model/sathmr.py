@@ -169,7 +169,7 @@ class SATHMR(nn.Module):
 
         Four level-0 tokens per SAT cell (full resolution, original blocks 0..split-1), the kept level-1
         tokens, level-2 tokens (channel max of a 2x2 group's stage-A outputs), then the remaining blocks
-        on [CLS_A ; level 0 ; level 1 ; level 2] [must match §1.6 steps 6-12].
+        on ``[CLS_A ; level 0 ; level 1 ; level 2]`` [must match §1.6 steps 6-12].
         """
         cfg = self.cfg
         B, _, H, W = images.shape
