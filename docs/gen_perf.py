@@ -62,6 +62,11 @@ def bench_tables(result: dict, precision_only: bool = False) -> str:
     out = [machine_line(result["machine"], s.get("command")), "", f"*{result['model']['note']}*", "",
            f"Inputs: {', '.join(result['inputs']['names'])}; batch {s['batch']}; {s['iters']} measured passes after "
            f"{s['warmup']} warm-up; backends interleaved pass by pass.", ""]
+    first = next(iter(result["backends"].values()), None)
+    if first:
+        per = ", ".join(f"{name} {t['level0']}/{t['level1']}/{t['level2']} ({t['people']} people)"
+                        for name, t in first["tokens"]["per_image"].items())
+        out += [f"Tokens per image at levels 0/1/2 ({next(iter(result['backends']))}): {per}.", ""]
     if not precision_only:
         out += [r.md_table(r.BACKEND_HEADER, r.backend_rows(result)), "",
                 r.md_table(r.RESOURCE_HEADER, r.resource_rows(result)), ""]
