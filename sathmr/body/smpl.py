@@ -63,13 +63,20 @@ class BodyModel(nn.Module):
 
     @property
     def smpl(self) -> smplx.SMPL:
+        """The wrapped smplx layer (named ``layer_n`` for the official keys), for callers that need smplx itself."""
         return self.layer_n
 
     @property
     def num_verts(self) -> int:
+        """Vertices of the loaded body model: 6890 for SMPL, fewer for the tiny synthetic test body."""
         return int(self.layer_n.v_template.shape[0])
 
     def forward(self, global_orient: Tensor, body_pose: Tensor, betas: Tensor) -> tuple[Tensor, Tensor]:
+        """Posed vertices (N, V, 3) and 45 joints (N, 45, 3) at the origin; translation is added by the caller.
+
+        Shapes are checked here because smplx broadcasts silently; an empty batch returns empty tensors
+        (smplx cannot reshape one), so an image without people needs no special case downstream.
+        """
         n = global_orient.shape[0]
         for name, t, width in (("global_orient", global_orient, 3), ("body_pose", body_pose, 69), ("betas", betas, 10)):
             if t.ndim != 2 or t.shape != (n, width):

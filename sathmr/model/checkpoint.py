@@ -134,6 +134,12 @@ def _check_recomputed(found: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
 
 
 def load_strict(model: SATHMR, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model`` only if every tensor fits: nothing missing, nothing extra, every shape equal.
+
+    ``load_state_dict(strict=False)`` would leave mismatched layers at their random init and still run;
+    a wrong config or a truncated file must fail instead, in one line that lists the offending keys
+    (the first eight of each kind). Keys under ``OPTIONAL`` (the training-only ``dn_enc``) may be absent.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(OPTIONAL)]
     unexpected = [k for k in state if k not in own]
@@ -154,6 +160,12 @@ def load_strict(model: SATHMR, state: dict[str, torch.Tensor]) -> None:
 # -------------------------------------------------------------------------------------------------
 # Our format
 def save_checkpoint(model: SATHMR, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model`` as our safetensors checkpoint, with its config and sathmr version in the metadata.
+
+    safetensors because it cannot execute code on load and needs no pickle; the config travels with the
+    weights so :func:`load_model` needs no ``--config``. Written to a temporary name and renamed, so an
+    interrupted save never leaves a truncated file under ``path``. ``extra`` values are stored as JSON.
+    """
     path = Path(path)
     meta = {"format": FORMAT_TAG, "sathmr_version": __version__, "config": model.cfg.to_json(),
             **{k: json.dumps(v) for k, v in (extra or {}).items()}}
@@ -255,6 +267,14 @@ def load_on_canvas(path: str | Path, cfg: ModelConfig,
 # -------------------------------------------------------------------------------------------------
 # DINOv2 initialisation (training from the pretrained backbone, spec §1.3, §1.4a)
 def init_from_dinov2(model: SATHMR, path: str | Path) -> None:
+    """Initialise the encoder from the official DINOv2 ViT-B/14 weights, as the paper trains (spec §1.3, §1.4a).
+
+    The blocks and final norm load strictly; the first ``split_layer`` blocks are copied again into the
+    extra (stage-A) blocks, the patch embedding into both level projections, the CLS token takes its
+    position embedding, the position grid is resized to the model's canvas and ``enc_inter_norm`` starts
+    as the final norm. Read with ``torch.load(weights_only=True)``; a file that is not such a ViT fails in
+    one line.
+    """
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -62,6 +62,15 @@ class Encoder(nn.Module):
 
 
 class SATHMR(nn.Module):
+    """SAT-HMR: a DINOv2-style ViT on scale-adaptive tokens, a DETR-style decoder and SMPL heads.
+
+    Module and parameter names follow the official checkpoint, so its state dict loads through a key
+    map of a few entries (:func:`sathmr.model.checkpoint.from_official`). The forward pass is split into
+    public seams (:meth:`forward_scale_map`, the shared :class:`~sathmr.model.tokens.TokenSelector`,
+    :meth:`forward_tokens` + :meth:`forward_decoder`) because every exported graph is one of them: the
+    dynamic model and the exports run the same code and cannot drift apart. It stops at SMPL
+    parameters; the body model and decoding are post-processing, shared by every backend.
+    """
     def __init__(self, cfg: ModelConfig, mean_pose: torch.Tensor | None = None,
                  mean_shape: torch.Tensor | None = None):
         super().__init__()
@@ -159,7 +168,7 @@ class SATHMR(nn.Module):
 
         Four level-0 tokens per SAT cell (full resolution, original blocks 0..split-1), the kept level-1
         tokens, level-2 tokens (channel max of a 2x2 group's stage-A outputs), then the remaining blocks
-        on [CLS_A ; level 0 ; level 1 ; level 2] [must match §1.6 steps 6-12].
+        on ``[CLS_A ; level 0 ; level 1 ; level 2]`` [must match §1.6 steps 6-12].
         """
         cfg = self.cfg
         B, _, H, W = images.shape
@@ -322,4 +331,10 @@ def precision_scopes(device_type: str, reduced: torch.dtype | None) -> tuple[Sco
 
 
 def build_model(cfg: ModelConfig, mean_pose=None, mean_shape=None) -> SATHMR:
+    """A freshly initialised network for ``cfg`` (random weights, from-scratch init).
+
+    The one constructor every caller uses (loaders, training, benchmarks with random weights), so the
+    mean pose/shape the heads refine from are passed in one place; ``None`` leaves them
+    zero until a checkpoint or ``smpl_mean_params.npz`` fills them.
+    """
     return SATHMR(cfg, mean_pose, mean_shape)

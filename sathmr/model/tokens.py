@@ -38,6 +38,7 @@ class TokenBudget:
 
     @property
     def is_static(self) -> bool:
+        """True when both budgets are fixed: the static export's fixed-shape graph, which may demote cells."""
         return self.sat_cells is not None and self.context is not None
 
 
@@ -106,6 +107,12 @@ class TokenSelector(nn.Module):
         self.budget = budget or TokenBudget()
 
     def forward(self, scale_map: torch.Tensor, cell_mask: torch.Tensor) -> Selection:
+        """Pick the tokens of a batch from its scale map; thresholds always compare in float32.
+
+        ``cell_mask`` marks the level-1 cells inside each image (padding is never selected). The same call
+        runs inside the dynamic model and on the host between the two exported graphs, which is what makes
+        the exports exact: identical scale maps give identical selections.
+        """
         B, Hc, Wc, _ = scale_map.shape
         conf, scale = scale_map[..., 0].float(), scale_map[..., 1].float()  # threshold in fp32
         valid = (conf > self.conf_thresh) & cell_mask
@@ -213,6 +220,11 @@ def canvas_cells(cfg: ModelConfig, canvas_hw: tuple[int, int] | None = None) -> 
 
 
 def default_budget(cfg: ModelConfig, canvas_hw: tuple[int, int] | None = None) -> TokenBudget:
+    """The ``--static-budget`` export's default: 3/8 of the canvas cells as SAT slots, every cell as context.
+
+    SAT slots are rounded down to a multiple of ``BUDGET_ROUND``; context = N1 can never overflow, so
+    only crowded images beyond the SAT fraction are demoted (and flagged).
+    """
     n1 = canvas_cells(cfg, canvas_hw)
     sat = max(BUDGET_ROUND, int(n1 * SAT_FRACTION) // BUDGET_ROUND * BUDGET_ROUND)
     return TokenBudget(sat_cells=min(sat, n1), context=n1)
