@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sathmr.backends.formats import model_options
+from sathmr.backends.precision import precision_options
 from sathmr.common.errors import SathmrError
 from sathmr.common.options import (
     Command,
@@ -27,7 +28,6 @@ from sathmr.common.options import (
     threads_option,
     threshold_option,
 )
-from sathmr.common.precision import precision_options
 from sathmr.inputs.discover import DEFAULT_MAX_PIXELS
 from sathmr.video.config import SmoothConfig, TrackerConfig
 

@@ -27,9 +27,9 @@ import click
 import numpy as np
 
 from sathmr.backends.formats import BACKENDS, model_options
+from sathmr.backends.precision import precision_options
 from sathmr.common.errors import SathmrError
 from sathmr.common.options import Command, config_options, device_option, input_option, threshold_option
-from sathmr.common.precision import precision_options
 
 if TYPE_CHECKING:        # torch loads when a comparison runs, not for `sathmr parity --help`
     from sathmr.backends import Backend
@@ -259,7 +259,7 @@ def parity_command(model_paths, backend_text, name_a, name_b, checkpoint, precis
     compare outputs; side b runs at each --precision against side a in fp32. Exit 1 when over tolerance."""
     from sathmr.backends import load_backend, weights_behind
     from sathmr.backends.formats import choose_models
-    from sathmr.common.precision import parse_precisions, precision_kwargs
+    from sathmr.backends.precision import parse_precisions, precision_kwargs
     from sathmr.inputs.items import iter_images
     from sathmr.outputs.writers import write_json
     from sathmr.runtime.predictor import Predictor, load_body_for

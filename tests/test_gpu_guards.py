@@ -83,7 +83,7 @@ def fp32_portable(tiny_random, body_tiny, tmp_path_factory):
 def test_fp16_engines_need_an_fp16_graph(fp32_portable, fp16_portable, tmp_path):
     """Strongly typed engines take the graph's precision: an fp32 export is never silently reduced, and
     the checks come before TensorRT is even imported."""
-    with pytest.raises(SathmrError, match="is an fp32 export.*--portable --fp16"):
+    with pytest.raises(SathmrError, match="is an fp32 export.*--portable --precision fp16"):
         build_engines(fp32_portable.path, tmp_path / "e", fp16=True)
     with pytest.raises(SathmrError, match="batches up to 64"):
         build_engines(fp16_portable.path, tmp_path / "e", max_batch=65)

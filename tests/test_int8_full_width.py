@@ -1,4 +1,4 @@
-"""`sathmr export --int8` at the full width of sat_644 (768 channels, 12 heads, 50 queries), at reduced
+"""`sathmr export --precision int8` at the full width of sat_644 (768 channels, 12 heads, 50 queries), at reduced
 depth and canvas so that it stays cheap in CI.
 
 The tiny model's int8 export always passed; the full-size one failed onnx.checker ("Nodes in a graph must

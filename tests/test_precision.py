@@ -22,7 +22,7 @@ from sathmr.backends.meta import read_artifact
 from sathmr.cli import main
 from sathmr.common import hardware
 from sathmr.common.errors import SathmrError
-from sathmr.common.precision import plan_precision
+from sathmr.backends.precision import plan_precision
 from sathmr.export.onnx import quantize_export
 from sathmr.export.quantize import MEMORY_PROJECTIONS, module_path, module_scopes, quantised_nodes
 from sathmr.inputs.images import read_image
@@ -102,7 +102,7 @@ def test_precision_refused_or_flagged_by_hardware(cpu_flags):
     assert plan.label == "bf16 (emulated)" and plan.dtype == torch.bfloat16
     with pytest.raises(SathmrError, match="fp16 on the CPU"):
         plan_precision("fp16", "cpu", allow_emulated=True)     # never, not even for an accuracy check
-    with pytest.raises(SathmrError, match="sathmr export --int8"):
+    with pytest.raises(SathmrError, match="sathmr export --precision int8"):
         plan_precision("int8", "cpu")
     cpu_flags(AMX)
     with warnings.catch_warnings():
@@ -127,7 +127,7 @@ def test_cli_refuses_what_the_hardware_cannot_do(embedded, real_images, tmp_path
     runner = CliRunner()
     base = ["infer", "-i", str(real_images[0]), "-o", str(tmp_path / "out"), "--no-overlay"]
     for extra, needle in ((["--precision", "bf16"], "AVX512-BF16"), (["--precision", "fp16"], "fp16 on the CPU"),
-                          (["--precision", "int8"], "sathmr export --int8"),
+                          (["--precision", "int8"], "sathmr export --precision int8"),
                           (["--model", str(tiny_export.path), "--compile"], "--compile: not an option for the ort"),
                           (["--model", str(tiny_export.path), "--precision", "int8"], "is a fp32 export")):
         r = runner.invoke(main, base + extra)

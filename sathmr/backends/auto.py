@@ -8,9 +8,6 @@ from pathlib import Path
 
 from sathmr.backends.base import Backend
 from sathmr.backends.formats import ModelChoice, choose_model, format_of_backend, validate_options
-from sathmr.backends.ort_backend import OrtBackend
-from sathmr.backends.torch_backend import TorchBackend
-from sathmr.backends.trt_backend import TrtBackend
 from sathmr.common.errors import SathmrError
 from sathmr.model.sathmr import SATHMR
 
@@ -23,12 +20,12 @@ def load_backend(name: str, *, checkpoint: str | Path | None = None, model_path:
     ``options`` are the backend's own (see ``FORMATS``); one its format would ignore is refused."""
     fmt = format_of_backend(name)
     validate_options(fmt, options, f"the {name} backend")
+    cls = fmt.backend_class(name)
     if fmt.name == "checkpoint":
-        return TorchBackend.from_checkpoint(checkpoint, config, smpl_dir, device, static=name == "torch-static",
+        return cls.from_checkpoint(checkpoint, config, smpl_dir, device, static=name == "torch-static",
                                             model=model, **options)
     if model_path is None:
         raise SathmrError(f"--backend {name} needs --model (an exported file; see `sathmr export`)")
-    cls = OrtBackend if name == "ort" else TrtBackend
     return cls.from_file(model_path, device=device, config=config, checkpoint=checkpoint, **options)
 
 

@@ -10,6 +10,7 @@ file in the weights folder. ``--backend`` overrides the choice among the backend
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,37 +24,79 @@ DEFAULT_TRT_MAX_BATCH = 1            # largest batch of a TensorRT engine's prof
 TRT_ACTIVATION_BUDGET_GB = 8.0       # what one attention-score tensor may take at a TensorRT profile's maxima (sathmr.export.trt)
 
 
+#: the precision names, defined once; each format's row lists the ones it runs
+PRECISIONS: dict[str, str] = {
+    "fp32": "float32 everywhere (the reference)",
+    "bf16": "bfloat16 in stages B/C (PyTorch autocast; CPUs with AVX512-BF16/AMX, GPUs)",
+    "fp16": "float16 in stages B/C (GPUs)",
+    "int8": "int8 weights in the tokens graph (ONNX Runtime dynamic quantisation, CPUs)",
+}
+
+
+@dataclass(frozen=True)
+class BackendRow:
+    name: str          # --backend value
+    cls: str           # "module:Class", imported when the backend is opened (engines load lazily)
+    what: str
+
+
 @dataclass(frozen=True)
 class Format:
+    """Everything about one model format: how a file of it is recognised, which backend classes run it and
+    with which options and precisions, and which ``sathmr export`` options write it."""
     name: str
     suffixes: tuple[str, ...]               # a file of this format ends in exactly one of these
     folder_suffix: str | None               # a two-stage export folder: scale_map<suffix> + tokens<suffix>
-    backends: tuple[tuple[str, str], ...]   # (backend, what it is); the first is the default
+    backends: tuple[BackendRow, ...]        # the first is the default
     options: tuple[str, ...]                # backend options that mean something for it
+    precisions: tuple[str, ...]             # what its backends run (names of PRECISIONS; the first is the default)
     gpu: bool                               # needs a CUDA device
     export_as: str | None                   # `sathmr export --format` value that writes it
+    export_options: tuple[str, ...]         # `sathmr export` options only this format takes
     what: str
+
+    def __post_init__(self) -> None:
+        unknown = set(self.precisions) - set(PRECISIONS)
+        if unknown:
+            raise ValueError(f"format {self.name}: unknown precisions {sorted(unknown)}")
 
     @property
     def backend_names(self) -> tuple[str, ...]:
-        return tuple(b for b, _ in self.backends)
+        return tuple(b.name for b in self.backends)
+
+    def backend_class(self, backend: str) -> type:
+        """The class that runs ``backend`` (imported now: torch and the engine load with it)."""
+        module, cls = next(b.cls for b in self.backends if b.name == backend).split(":")
+        return getattr(importlib.import_module(module), cls)
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("checkpoint", (".pth", ".safetensors"), None,
-           (("torch", "PyTorch, dynamic token set (the reference)"),
-            ("torch-static", "PyTorch with the fixed token budgets of the static graph")),
-           ("budget", "info", "precision", "compile", "allow_emulated"), False, None,
+           (BackendRow("torch", "sathmr.backends.torch_backend:TorchBackend", "PyTorch, dynamic token set (the reference)"),
+            BackendRow("torch-static", "sathmr.backends.torch_backend:TorchBackend",
+                       "PyTorch with the fixed token budgets of the static graph")),
+           ("budget", "info", "precision", "compile", "allow_emulated"), ("fp32", "bf16", "fp16"), False, None, (),
            "SAT-HMR weights (official .pth or sathmr .safetensors)"),
     # an export runs at the precision it was exported with: --precision there only confirms it (checked)
-    Format("onnx", (".onnx",), ".onnx", (("ort", "ONNX Runtime on an exported model"),),
-           ("threads", "precision"), False, "onnx", "an ONNX export (`sathmr export`)"),
-    Format("engine", (".engine",), ".engine", (("trt", "TensorRT on a built engine"),),
-           ("precision",), True, "trt", "a TensorRT export (`sathmr export --format trt`)"),
+    Format("onnx", (".onnx",), ".onnx", (BackendRow("ort", "sathmr.backends.ort_backend:OrtBackend",
+                                                    "ONNX Runtime on an exported model"),),
+           ("threads", "precision"), ("fp32", "fp16", "int8"), False, "onnx", ("portable",),
+           "an ONNX export (`sathmr export`)"),
+    Format("engine", (".engine",), ".engine", (BackendRow("trt", "sathmr.backends.trt_backend:TrtBackend",
+                                                          "TensorRT on a built engine"),),
+           ("precision",), ("fp32", "fp16"), True, "trt", ("onnx_path", "workspace_gb", "max_batch_size", "max_tokens"),
+           "a TensorRT export (`sathmr export --format trt`)"),
 )}
 #: backend → (runs an exported file, what it is); the CLI's --backend choices
-BACKENDS: dict[str, tuple[bool, str]] = {b: (f.name != "checkpoint", what) for f in FORMATS.values() for b, what in f.backends}
+BACKENDS: dict[str, tuple[bool, str]] = {b.name: (f.name != "checkpoint", b.what) for f in FORMATS.values() for b in f.backends}
 EXPORT_FORMATS = tuple(f.export_as for f in FORMATS.values() if f.export_as)
+#: every format's own export options (`sathmr export` refuses one the chosen format does not list)
+EXPORT_ONLY = tuple(o for f in FORMATS.values() for o in f.export_options)
+
+
+def export_format(name: str) -> Format:
+    """The row that ``sathmr export --format name`` writes."""
+    return next(f for f in FORMATS.values() if f.export_as == name)
 
 
 def format_of_backend(backend: str) -> Format:

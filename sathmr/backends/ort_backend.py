@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sathmr.backends.base import Backend, fixed_batches
-from sathmr.backends.meta import GRAPHS, QUERY_OUTPUTS, Artifact, export_note, file_sha256, is_embedded, read_artifact
-from sathmr.backends.two_stage import TwoStage, selection_feeds
+from sathmr.backends.base import fixed_batches
+from sathmr.backends.exported import ExportedBackend
+from sathmr.backends.meta import GRAPHS, QUERY_OUTPUTS, Artifact
+from sathmr.backends.two_stage import selection_feeds
 from sathmr.common.errors import SathmrError
 from sathmr.common.optional import require
-from sathmr.common.precision import check_export_precision
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
 
@@ -83,21 +83,18 @@ def open_session(ort, path: Path, opts, providers: list, device: str):
     return session
 
 
-class OrtBackend(Backend):
+class OrtBackend(ExportedBackend):
+    """ONNX Runtime on an ONNX export: CPU sessions exchange numpy arrays; on CUDA the images and stage-A
+    tensors stay on the device between the graphs (IO binding)."""
     name = "ort"
+    suffix = ".onnx"
 
     def __init__(self, sessions: dict, artifact: Artifact, device: str, info: dict):
         self.ort = require("onnxruntime")
-        self.sessions, self.artifact, self.meta = sessions, artifact, artifact.meta
-        self.cfg = self.meta.cfg
-        self.canvas_hw = self.meta.canvas_hw
-        self.fixed_batch = self.meta.batch
-        self.info = info
+        self.sessions = sessions
         self.cuda = device.startswith("cuda")
         self.device_id = int(device.split(":", 1)[1]) if ":" in device else 0
-        if self.meta.layout == "two-stage":
-            stages = (self._scale_map_cuda, self._tokens_cuda) if self.cuda else (self._scale_map_cpu, self._tokens_cpu)
-            self.two_stage = TwoStage(self.cfg, *stages)
+        super().__init__(artifact, device, info)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
@@ -105,9 +102,7 @@ class OrtBackend(Backend):
                   precision: str | None = None) -> OrtBackend:
         """Open ``path``; ``config``/``checkpoint``/``precision``, when given, must be the ones it was exported with."""
         ort = require("onnxruntime")
-        art = read_artifact(path)
-        art.meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
-        check_export_precision(precision, art.meta.precision, str(path))
+        art = cls.read_checked(path, config, checkpoint, precision)
         providers = providers_for(device, ort.get_available_providers())
         opts = session_options(ort, threads, cpu=not device.startswith("cuda"))
         sessions = {g: open_session(ort, f, opts, providers, device) for g, f in art.files.items()}
@@ -117,33 +112,31 @@ class OrtBackend(Backend):
                 raise SathmrError(f"{art.files[g]}: graph inputs {list(names)} are not {list(GRAPHS[g][0])}; re-export it")
         used = next(iter(sessions.values())).get_providers()
         meta = art.meta
-        info = {"path": str(path), "device": device, "providers": ",".join(used), "config": meta.cfg.name,
-                "layout": meta.layout, "precision": meta.precision, "batch": meta.batch or "dynamic",
-                "note": export_note(path, f"ONNX Runtime, {used[0]}", meta), "embedded": is_embedded(meta)}
+        info = cls.describe(path, device, f"ONNX Runtime, {used[0]}", art, providers=",".join(used),
+                            batch=meta.batch or "dynamic")
         if meta.layout == "static":
             info.update(budget_sat=meta.budget.sat_cells, budget_context=meta.budget.context,
                         canvas=f"{meta.canvas_hw[0]}x{meta.canvas_hw[1]}")
         return cls(sessions, art, device, info)
 
-    def check_body_model(self, body_model) -> None:
-        self.meta.check(body_fingerprint=getattr(body_model, "fingerprint", None), source=self.info["path"])
-
     # ----------------------------------------------------------------------------------------------
     def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
         images, img_hw = images.detach().cpu().float().contiguous(), img_hw.detach().cpu().to(torch.int64)
-        if self.meta.layout == "two-stage":
-            return self.two_stage.run(images, img_hw)
-        return self._run_static(images, img_hw)
+        return self.run_layout(images, img_hw)
 
-    def _run_static(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
-        if tuple(images.shape[2:]) != tuple(self.canvas_hw):
-            raise SathmrError(f"the graph takes {self.canvas_hw[0]}x{self.canvas_hw[1]} inputs, got "
-                              f"{images.shape[2]}x{images.shape[3]} (collate to backend.canvas_hw)")
+    def _static(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_canvas(images)
         parts = []
         for xb, hb, m in fixed_batches(images, img_hw, self.fixed_batch):
             outs = self.sessions["static"].run(list(NET_OUTPUTS), {"images": xb.numpy(), "img_hw": hb.numpy()})
             parts.append([torch.from_numpy(o[:m]) for o in outs])
         return {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(NET_OUTPUTS)}
+
+    def _scale_map(self, images: torch.Tensor, img_hw: torch.Tensor):
+        return (self._scale_map_cuda if self.cuda else self._scale_map_cpu)(images, img_hw)
+
+    def _tokens(self, images: torch.Tensor, stage_a, sel: Selection) -> dict[str, torch.Tensor]:
+        return (self._tokens_cuda if self.cuda else self._tokens_cpu)(images, stage_a, sel)
 
     # two-stage on the CPU: numpy arrays between the graphs
     def _scale_map_cpu(self, images: torch.Tensor, img_hw: torch.Tensor):

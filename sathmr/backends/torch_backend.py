@@ -1,5 +1,5 @@
 """PyTorch backends: dynamic (the reference) and static (the fixed-budget graph that is exported), at
-fp32 (the reference) or a reduced precision after the token selection (``sathmr.common.precision``), optionally
+fp32 (the reference) or a reduced precision after the token selection (``sathmr.backends.precision``), optionally
 through ``torch.compile``."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from sathmr.backends.base import Backend
+from sathmr.backends.precision import plan_precision
 from sathmr.common.errors import SathmrError
-from sathmr.common.precision import plan_precision
 from sathmr.model.sathmr import SATHMR
 from sathmr.model.tokens import TokenBudget, default_budget
 from sathmr.zoo.weights import load_network
@@ -55,7 +55,7 @@ def exact_fp32(device: torch.device) -> Iterator[None]:
 
 
 class TorchBackend(Backend):
-    """``precision``: see :mod:`sathmr.common.precision` (``allow_emulated`` runs bf16 on hardware that only
+    """``precision``: see :mod:`sathmr.backends.precision` (``allow_emulated`` runs bf16 on hardware that only
     emulates it, for accuracy checks). ``compile``: run the network through ``torch.compile`` (dynamic
     shapes, since every image has its own token counts); the first calls compile (``compile_seconds``)."""
 

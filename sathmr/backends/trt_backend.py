@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from sathmr.backends.base import Backend, fixed_batches
-from sathmr.backends.meta import GRAPHS, QUERY_OUTPUTS, export_note, file_sha256, is_embedded, read_artifact, read_engine
-from sathmr.backends.two_stage import TwoStage, selection_feeds
+from sathmr.backends.base import fixed_batches
+from sathmr.backends.exported import ExportedBackend
+from sathmr.backends.meta import GRAPHS, QUERY_OUTPUTS, read_engine
+from sathmr.backends.two_stage import selection_feeds
 from sathmr.common.errors import SathmrError
 from sathmr.common.optional import require
-from sathmr.common.precision import check_export_precision
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import Selection
 
@@ -81,19 +81,15 @@ class Engine:
         return result
 
 
-class TrtBackend(Backend):
+class TrtBackend(ExportedBackend):
+    """TensorRT on the engines of ``sathmr export --format trt`` (CUDA only)."""
     name = "trt"
+    suffix = ".engine"
 
     def __init__(self, engines: dict[str, Engine], artifact, device: torch.device, info: dict):
-        self.engines, self.artifact, self.meta = engines, artifact, artifact.meta
-        self.cfg = self.meta.cfg
-        self.canvas_hw = self.meta.canvas_hw
-        self.fixed_batch = self.meta.batch
-        self.max_batch = self.meta.batch or int(self.meta.extra.get("tensorrt_max_batch", 1))
-        self.device = device
-        self.info = info
-        if self.meta.layout == "two-stage":
-            self.two_stage = TwoStage(self.cfg, self._scale_map, self._tokens)
+        self.engines = engines
+        self.max_batch = artifact.meta.batch or int(artifact.meta.extra.get("tensorrt_max_batch", 1))
+        super().__init__(artifact, device, info)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cuda", config: str | None = None,
@@ -103,11 +99,8 @@ class TrtBackend(Backend):
         if dev.type != "cuda" or not torch.cuda.is_available():
             raise SathmrError(f"the trt backend needs a CUDA GPU (--device cuda); got --device {device}"
                               + ("" if torch.cuda.is_available() else " and PyTorch sees no CUDA device"))
-        art = read_artifact(path, suffix=".engine")
-        meta = art.meta
-        meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
-        check_export_precision(precision, meta.precision, str(path))
-        built = meta.extra.get("tensorrt")
+        art = cls.read_checked(path, config, checkpoint, precision)
+        built = art.meta.extra.get("tensorrt")
         if built != trt.__version__:
             raise SathmrError(f"{path} was built with TensorRT {built}, this is {trt.__version__}: rebuild it with "
                               "`sathmr export --format trt`")
@@ -119,13 +112,8 @@ class TrtBackend(Backend):
                 if engine is None:
                     raise SathmrError(f"TensorRT cannot load {f} (built for another GPU?)")
                 engines[g] = Engine(trt, engine, dev, f.name)
-        info = {"path": str(path), "device": str(dev), "config": meta.cfg.name, "tensorrt": trt.__version__,
-                "layout": meta.layout, "precision": meta.precision,
-                "note": export_note(path, f"TensorRT {trt.__version__}", meta), "embedded": is_embedded(meta)}
+        info = cls.describe(path, dev, f"TensorRT {trt.__version__}", art, tensorrt=trt.__version__)
         return cls(engines, art, dev, info)
-
-    def check_body_model(self, body_model) -> None:
-        self.meta.check(body_fingerprint=getattr(body_model, "fingerprint", None), source=self.info["path"])
 
     def warmup(self) -> None:
         """One blank full-canvas image through every engine: kernels loaded, output buffers allocated."""
@@ -139,14 +127,12 @@ class TrtBackend(Backend):
             for xb, hb, m in fixed_batches(images, img_hw, self.fixed_batch or self.max_batch):
                 if self.fixed_batch is None:
                     xb, hb = xb[:m], hb[:m]    # dynamic profile: run the real images only
-                out = self.two_stage.run(xb, hb) if self.meta.layout == "two-stage" else self._static(xb, hb)
+                out = self.run_layout(xb, hb)
                 parts.append({k: v[:m].cpu() for k, v in out.items()})
         return {k: torch.cat([p[k] for p in parts]) for k in NET_OUTPUTS}
 
     def _static(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
-        if tuple(images.shape[2:]) != tuple(self.canvas_hw):
-            raise SathmrError(f"the engine takes {self.canvas_hw[0]}x{self.canvas_hw[1]} inputs, got "
-                              f"{images.shape[2]}x{images.shape[3]}")
+        self.check_canvas(images)
         return self.engines["static"]({"images": images, "img_hw": img_hw}, GRAPHS["static"][1])
 
     def _scale_map(self, images: torch.Tensor, img_hw: torch.Tensor):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sathmr.backends.formats import model_options
+from sathmr.backends.precision import precision_options
 from sathmr.common.errors import SathmrError
 from sathmr.common.options import (
     Command,
@@ -18,7 +19,6 @@ from sathmr.common.options import (
     threads_option,
     threshold_option,
 )
-from sathmr.common.precision import precision_options
 
 if TYPE_CHECKING:       # torch loads when the benchmark runs, not for `sathmr bench --help`
     from sathmr.bench.worker import Entry
@@ -40,8 +40,8 @@ def command_line() -> str:
 def parse_backends(text: str, precisions: str | None = None) -> list[Entry]:
     """``torch,torch:bf16,ort:int8,torch+compile`` → entries. ``precisions`` (``--precision fp32,bf16,int8``)
     expands every entry without its own precision into one per listed precision that backend runs."""
+    from sathmr.backends.precision import parse_precisions
     from sathmr.bench.worker import BACKEND_PRECISIONS, Entry
-    from sathmr.common.precision import parse_precisions
 
     listed = [p for p in parse_precisions(precisions) if p]
     entries = []

@@ -90,7 +90,7 @@ def exported_files(entries: Sequence[Entry], setup: Setup, workdir: Path, model_
                    device: str, log: Log) -> tuple[dict[str, Path], dict[str, str]]:
     """The file each exported entry runs, by label: the given ``--model``/``--engine`` where its precision
     is the entry's, else exported once per precision with `sathmr export`'s own code (int8 quantises a
-    copy of the fp32 export, exactly what `sathmr export --int8` writes, without exporting twice)."""
+    copy of the fp32 export, exactly what `sathmr export --precision int8` writes, without exporting twice)."""
     files, skipped = {}, {}
     trt = [e for e in entries if e.backend == "trt"]
     if trt and engine_path is None and (why := trt_unavailable(device)):

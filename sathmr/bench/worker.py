@@ -17,17 +17,13 @@ import numpy as np
 import torch
 
 from sathmr.backends import Backend, load_backend
+from sathmr.backends.precision import BACKEND_PRECISIONS, TORCH_BACKENDS, precision_kwargs
 from sathmr.bench.measure import current_rss_mb, peak_rss_mb
 from sathmr.bench.setup import Setup
 from sathmr.common.errors import SathmrError
-from sathmr.common.precision import EXPORT_PRECISIONS, TORCH_BACKENDS, TORCH_PRECISIONS, precision_kwargs
 from sathmr.common.timing import StageTimer
 from sathmr.model.tokens import default_budget, stage_lengths
 from sathmr.runtime.predictor import Predictor
-
-#: the precisions each backend can be benchmarked at (ort/trt: of the exported model they run)
-BACKEND_PRECISIONS = {"torch": TORCH_PRECISIONS, "torch-static": TORCH_PRECISIONS, "ort": EXPORT_PRECISIONS,
-                      "trt": ("fp32", "fp16")}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@
 
 Old spellings stay for one release as hidden aliases (:class:`Command`'s ``renamed``): they work, are
 not in ``--help``, and print what to use instead. ``--model``/``--backend`` come from
-:func:`sathmr.backends.formats.model_options`, ``--precision`` from :func:`sathmr.common.precision.precision_options`; this
+:func:`sathmr.backends.formats.model_options`, ``--precision`` from :func:`sathmr.backends.precision.precision_options`; this
 module imports only click, so that ``--help`` never waits for torch.
 """
 

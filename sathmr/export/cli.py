@@ -10,16 +10,23 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sathmr.backends.formats import DEFAULT_OPSET, DEFAULT_TRT_MAX_BATCH, EXPORT_FORMATS, TRT_ACTIVATION_BUDGET_GB
+from sathmr.backends.formats import (
+    DEFAULT_OPSET,
+    DEFAULT_TRT_MAX_BATCH,
+    EXPORT_FORMATS,
+    EXPORT_ONLY,
+    TRT_ACTIVATION_BUDGET_GB,
+    export_format,
+)
+from sathmr.backends.precision import EXPORT_PRECISIONS
 from sathmr.common.errors import SathmrError
 from sathmr.common.options import CONFIG_HELP, Command, batch_size_option, output_option
 
 if TYPE_CHECKING:      # torch and onnx load when an export runs, not for `sathmr export --help`
     from sathmr.backends.meta import Artifact
 
-#: options that only mean something with one format / layout (rejected elsewhere instead of ignored)
+#: options that only mean something with the --static-budget layout (a format's own: its row in FORMATS)
 STATIC_ONLY = ("budget_sat", "budget_context", "canvas")
-TRT_ONLY = ("onnx_path", "workspace_gb", "max_batch_size", "max_tokens")
 
 
 def parse_canvas(text: str | None) -> tuple[int, int] | None:
@@ -39,24 +46,29 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
     bad = [flag(k) for k in STATIC_ONLY if given.get(k) is not None and not static_budget]
     if bad:
         raise SathmrError(f"{', '.join(bad)}: only with --static-budget (the default export has no token budgets)")
-    bad = [flag(k) for k in TRT_ONLY if given.get(k) is not None and fmt != "trt"]
-    if given.get("portable") and fmt == "trt":
-        bad.append("--portable (TensorRT always builds from portable graphs)")
+    row = export_format(fmt)
+    bad = [f"{flag(k)}: only with --format {'/'.join(f.export_as for f in _formats_taking(k))}"
+           for k in EXPORT_ONLY if given.get(k) not in (None, False) and k not in row.export_options]
     if bad:
-        raise SathmrError(f"{', '.join(bad)}: only with --format trt")
+        raise SathmrError(f"{'; '.join(bad)} (not an option of --format {fmt})")
+    precision = given.get("precision") or "fp32"
+    if precision not in row.precisions:
+        raise SathmrError(f"--precision {precision}: --format {fmt} exports {', '.join(row.precisions)}"
+                          + (" (TensorRT builds int8 only from a calibration, which sathmr does not offer: use "
+                             "--precision fp16, or --format onnx --precision int8 for CPUs)" if precision == "int8" else ""))
     if given.get("max_tokens") is not None and static_budget:
         raise SathmrError("--max-tokens sizes the two-stage tokens engine; the --static-budget graph has fixed budgets")
     if given.get("onnx_path") is not None and static_budget:
         raise SathmrError("--onnx builds from an existing export: its layout is already fixed")
-    if given.get("int8"):
-        if fmt == "trt":
-            raise SathmrError("--int8 is ONNX Runtime's dynamic quantisation; TensorRT builds int8 only from a "
-                              "calibration, which sathmr does not offer: use --format trt --fp16")
-        if given.get("fp16"):
-            raise SathmrError("--int8 and --fp16 exclude each other (pick one precision)")
-        if static_budget:
-            raise SathmrError("--int8 quantises the tokens graph of the two-stage export; the --static-budget graph "
-                              "holds stage A too, which stays fp32")
+    if precision != "fp32" and static_budget:
+        raise SathmrError(f"--precision {precision} applies after the token selection of the two-stage export; the "
+                          "--static-budget graph holds stage A too, which stays fp32")
+
+
+def _formats_taking(option: str) -> list:
+    from sathmr.backends.formats import FORMATS
+
+    return [f for f in FORMATS.values() if option in f.export_options]
 
 
 def describe(art: Artifact) -> str:
@@ -95,9 +107,11 @@ def describe(art: Artifact) -> str:
 @click.option("--budget-context", type=int, default=None, help="--static-budget: level-1 + level-2 tokens per image; default all canvas cells.")
 @click.option("--canvas", default=None, help="--static-budget: the fixed input HxW (multiples of 56, long side = input size); default square.")
 @batch_size_option(default=None, help="Fix the batch size (default: a dynamic batch axis).")
-@click.option("--fp16", is_flag=True, help="Half precision after the token selection (stage A stays fp32; for GPUs).")
-@click.option("--int8", is_flag=True, help="int8 weights in the tokens graph (ONNX Runtime dynamic quantisation, for CPUs; "
-              "stage A stays fp32).")
+@click.option("--precision", type=click.Choice(list(EXPORT_PRECISIONS)), default=None,
+              help="After the token selection (stage A always fp32): fp32 (default), fp16 (GPUs), int8 (--format onnx: "
+                   "int8 weights in the tokens graph, ONNX Runtime dynamic quantisation, for CPUs).")
+@click.option("--fp16", is_flag=True, hidden=True, help="Old spelling of --precision fp16.")
+@click.option("--int8", is_flag=True, hidden=True, help="Old spelling of --precision int8.")
 @click.option("--portable", is_flag=True, help="Standard ONNX operators only (no ONNX Runtime fusions), for other runtimes.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--simplify", is_flag=True, help="Simplify the graphs with onnxslim/onnxsim when installed.")
@@ -108,24 +122,25 @@ def describe(art: Artifact) -> str:
 @click.option("--max-tokens", type=int, default=None, help=f"--format trt: largest stage-C sequence per image (default: all the canvas allows); "
               f"batch x tokens^2 scores must fit {TRT_ACTIVATION_BUDGET_GB:g} GB.")
 def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch_size,
-                   fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch_size, max_tokens):
+                   precision, fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch_size, max_tokens):
     """Export the network for ONNX Runtime or TensorRT: by default the exact two-stage model whose token
     axes follow each image; with --static-budget one graph with fixed token budgets."""
     from sathmr.export.trt import build_engines
     from sathmr.model.tokens import TokenBudget
 
+    precision = _old_precision_flags(precision, fp16, int8)
     validate_args(fmt, static_budget, dict(budget_sat=budget_sat, budget_context=budget_context, canvas=canvas,
                                            onnx_path=onnx_path, workspace_gb=workspace_gb, max_batch_size=max_batch_size,
-                                           max_tokens=max_tokens, portable=portable, int8=int8, fp16=fp16))
+                                           max_tokens=max_tokens, portable=portable, precision=precision))
+    precision = precision or "fp32"
     output = Path(output)
     options = dict(static_budget=TokenBudget(budget_sat, budget_context) if static_budget else None,
                    canvas_hw=parse_canvas(canvas), batch=batch_size, opset=opset, simplify=simplify)
     if fmt == "onnx":
-        art = _export(output, checkpoint, smpl_dir, config, precision="int8" if int8 else "fp16" if fp16 else "fp32",
-                      portable=portable,
-                      **options)
+        art = _export(output, checkpoint, smpl_dir, config, precision=precision, portable=portable, **options)
         click.echo(describe(art))
         return
+    fp16 = precision == "fp16"
     trt_opts = dict(fp16=fp16, workspace_gb=workspace_gb or 4.0, max_batch=max_batch_size or DEFAULT_TRT_MAX_BATCH,
                     max_tokens=max_tokens)
     if onnx_path:
@@ -140,6 +155,18 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, bud
                           portable=True, **options)
             art = build_engines(src.path, output, **trt_opts)
     click.echo(describe(art))
+
+
+def _old_precision_flags(precision: str | None, fp16: bool, int8: bool) -> str | None:
+    """``--fp16`` / ``--int8`` (one more release): the precision they stand for, said once on stderr."""
+    old = [name for name, on in (("fp16", fp16), ("int8", int8)) if on]
+    if not old:
+        return precision
+    if len(old) > 1 or (precision is not None and precision != old[0]):
+        raise SathmrError(f"--{' and --'.join(old)}{f' and --precision {precision}' if precision else ''} exclude each "
+                          "other (pick one precision)")
+    click.echo(f"note: --{old[0]} is now --precision {old[0]}", err=True)
+    return old[0]
 
 
 def _export(output: Path, checkpoint, smpl_dir, config, **options) -> Artifact:

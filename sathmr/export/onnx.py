@@ -120,7 +120,7 @@ def export_onnx(model: SATHMR, output: str | Path, meta: ExportMeta, simplify: b
     if meta.layout == "static":
         validate_static(model.cfg, meta.budget, meta.canvas_hw)
         if meta.precision == "int8":
-            raise SathmrError("--int8 quantises the tokens graph of the two-stage export; the --static-budget graph "
+            raise SathmrError("--precision int8 quantises the tokens graph of the two-stage export; the --static-budget graph "
                               "holds stage A too, which must stay fp32 (the token selection thresholds its output)")
     if (meta.batch is not None and meta.batch < 1) or meta.opset < DEFAULT_OPSET:
         raise SathmrError(f"--batch-size must be >= 1 and --opset >= {DEFAULT_OPSET}")
@@ -144,7 +144,7 @@ def export_onnx(model: SATHMR, output: str | Path, meta: ExportMeta, simplify: b
 
 
 def quantize_export(source: str | Path, output: str | Path) -> Artifact:
-    """The int8 version of an fp32 two-stage export — what ``--int8`` exports, derived without tracing
+    """The int8 version of an fp32 two-stage export — what ``--precision int8`` exports, derived without tracing
     the network again (`sathmr bench` measures both): ``scale_map`` copied, ``tokens`` quantised, the
     metadata of both saying int8."""
     art, output = read_artifact(source), Path(output)

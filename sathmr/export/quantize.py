@@ -1,4 +1,4 @@
-"""int8 export (``sathmr export --int8``): ONNX Runtime's dynamic quantisation of the tokens graph.
+"""int8 export (``sathmr export --precision int8``): ONNX Runtime's dynamic quantisation of the tokens graph.
 
 What is quantised, and why this kind (measured; figures in the README's performance section):
   * **dynamic** quantisation (``onnxruntime.quantization.quantize_dynamic``): weights to int8 once, at

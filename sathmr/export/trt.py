@@ -9,7 +9,7 @@ included: an engine is only valid for the TensorRT version and GPU that built it
 Supported: TensorRT 10.16+ and 11.x (``sathmr.common.optional.TENSORRT_SUPPORTED``; others are refused in one line). Both build
 **strongly typed** networks — the one mode TensorRT 11 has (it removed ``BuilderFlag.FP16``, layer
 precisions and output types), available in 10 too — so one code path builds the same engine on both,
-and the precision is the graph's own: ``--fp16`` builds the tokens engine from an fp16 export whose
+and the precision is the graph's own: ``--precision fp16`` builds the tokens engine from an fp16 export whose
 normalisations and softmaxes are cast to fp32 around (:func:`pin_fp32`; DINOv2-family models overflow
 in fp16 LayerNorm). TF32 is off in every engine: the scale-map engine must be exactly fp32 because the
 token selection thresholds its output, and fp32 means fp32 in the tokens engine too.
@@ -207,8 +207,8 @@ def build_engines(onnx_model: str | Path, output: str | Path, fp16: bool = False
                           "with `sathmr export --portable`, or let `sathmr export --format trt` export one itself")
     if fp16 and meta.precision != "fp16":
         raise SathmrError(f"{onnx_model} is an {meta.precision} export; TensorRT builds strongly typed engines, whose "
-                          "precision is the graph's: give it an `sathmr export --portable --fp16` export, or let "
-                          "`sathmr export --format trt --fp16` export one itself")
+                          "precision is the graph's: give it an `sathmr export --portable --precision fp16` export, or let "
+                          "`sathmr export --format trt --precision fp16` export one itself")
     if meta.precision == "fp16" and meta.layout == "static":
         raise SathmrError(f"{onnx_model}: an fp16 --static-budget graph holds stage A in fp16 too; TensorRT builds "
                           "fp16 from the two-stage export only (stage A stays fp32)")

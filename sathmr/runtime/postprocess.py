@@ -178,7 +178,7 @@ def image_json(res: ImageResult, threshold: float, source: str, backend: str, fo
                track_ids: Sequence[int] | None = None, precision: str = "fp32") -> dict:
     """The per-image answer at one threshold: what ``sathmr infer`` writes as ``<name>.json`` and
     ``sathmr serve`` returns; ``track_ids`` (one per person, a video frame) add ``track_id``;
-    ``precision``: what the network ran at (``sathmr.common.precision``)."""
+    ``precision``: what the network ran at (``sathmr.backends.precision``)."""
     people = res.people[threshold]
     return {
         "image": source, "image_hw": list(res.orig_hw), "resized_hw": list(res.img_hw),

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from sathmr.backends import Backend, open_model
+from sathmr.backends.precision import precision_kwargs
 from sathmr.body import load_body_model
 from sathmr.common.errors import SathmrError
-from sathmr.common.precision import precision_kwargs
 from sathmr.common.timing import StageTimer
 from sathmr.inputs.images import read_image
 from sathmr.model.config import ModelConfig
@@ -134,7 +134,7 @@ def load_predictor(backend: str | None = None, checkpoint=None, smpl_dir=None, c
     """Build the backend (:func:`sathmr.backends.open_model`: ``model_path`` may be any model file, export
     or registry name, and implies the backend) and the body model; returns the predictor and what was loaded.
 
-    ``precision``: fp32 / bf16 / fp16 for the torch backends (see :mod:`sathmr.common.precision`; hardware
+    ``precision``: fp32 / bf16 / fp16 for the torch backends (see :mod:`sathmr.backends.precision`; hardware
     without native kernels is refused unless ``allow_emulated=True``); for an export it can only confirm
     the exported model's own. ``compile``: torch.compile (torch backends only).
     """

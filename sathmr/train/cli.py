@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sathmr.backends.formats import model_options
+from sathmr.backends.precision import precision_options
 from sathmr.common.errors import SathmrError
 from sathmr.common.options import (
     CONFIG_HELP,
@@ -18,7 +19,6 @@ from sathmr.common.options import (
     output_option,
     threshold_option,
 )
-from sathmr.common.precision import precision_options
 
 PROTOCOL_THRESHOLDS = {"agora": 0.5, "3dpw": 0.3}   # the official configs' tau (spec §4.2)
 
@@ -183,7 +183,7 @@ def eval_command(data_root, dataset, checkpoint, backend, precision, compile_, m
     (`torchrun --nproc-per-node N -m sathmr eval`) share the images and report one result."""
     from sathmr.backends import load_backend
     from sathmr.backends.formats import choose_model
-    from sathmr.common.precision import precision_kwargs
+    from sathmr.backends.precision import precision_kwargs
     from sathmr.outputs.writers import ensure_writable, write_json
     from sathmr.runtime.distributed import start
     from sathmr.runtime.predictor import Predictor

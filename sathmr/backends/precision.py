@@ -6,7 +6,7 @@ patch embedding, the extra blocks, ``enc_inter_norm``, the scale head) and the t
 in float32, so the token set never depends on the precision; so do the decoder and the heads, which are
 cheap but cause most of the reduced-precision error (``sathmr.model.sathmr.precision_scopes``), and SMPL
 and post-processing. An exported model
-carries its own precision (``fp32``, ``fp16``, ``int8``: ``sathmr export --fp16/--int8``), so for
+carries its own precision (``fp32``, ``fp16``, ``int8``: ``sathmr export --precision fp16|int8``), so for
 ort/trt ``--precision`` can only confirm it.
 
 A precision the hardware has no kernels for is never flipped silently: fp16 on a CPU fails in one line;
@@ -23,17 +23,20 @@ from typing import TYPE_CHECKING
 
 import click
 
+from sathmr.backends.formats import FORMATS, PRECISIONS
 from sathmr.common.errors import SathmrError
 
 if TYPE_CHECKING:       # torch is imported where a precision is applied, so the CLI's options load without it
     import torch
 
-#: precisions of the PyTorch backends (the reduced ones apply to stages B/C, decoder and heads)
-TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+#: what the PyTorch backends run (the reduced ones apply to stages B/C), read from the format table
+TORCH_PRECISIONS = FORMATS["checkpoint"].precisions
 #: precisions an exported model can have
-EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
-ALL_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS))
-TORCH_BACKENDS = ("torch", "torch-static")
+EXPORT_PRECISIONS = tuple(p for p in PRECISIONS if any(p in f.precisions for f in FORMATS.values() if f.export_as))
+ALL_PRECISIONS = tuple(PRECISIONS)
+TORCH_BACKENDS = FORMATS["checkpoint"].backend_names
+#: backend → the precisions it runs (bench's ``BACKEND:PRECISION`` entries)
+BACKEND_PRECISIONS = {b: f.precisions for f in FORMATS.values() for b in f.backend_names}
 DTYPE_NAMES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}   # autocast dtype of stages B/C (torch.<name>)
 
 
@@ -71,7 +74,7 @@ def plan_precision(precision: str, device: torch.device | str, allow_emulated: b
 
     device = torch.device(device)
     if precision not in TORCH_PRECISIONS:
-        hint = " (int8 is an exported model: `sathmr export --int8`, then --backend ort)" if precision == "int8" else ""
+        hint = " (int8 is an exported model: `sathmr export --precision int8`, then --backend ort)" if precision == "int8" else ""
         raise SathmrError(f"--precision {precision}: the torch backends run {', '.join(TORCH_PRECISIONS)}{hint}")
     why = not_native(precision, device)
     if why is None:
@@ -90,7 +93,7 @@ def check_export_precision(requested: str | None, found: str, source: str) -> No
     """An exported model runs at the precision it was exported with; ``--precision`` may only confirm it."""
     if requested is not None and requested != found:
         raise SathmrError(f"--precision {requested}: {source} is a {found} export, and an exported model runs at "
-                          "its own precision (export another with `sathmr export [--fp16 | --int8]`)")
+                          "its own precision (export another with `sathmr export --precision fp16|int8`)")
 
 
 def parse_precisions(text: str | None) -> list[str | None]:
@@ -120,7 +123,7 @@ def precision_kwargs(precision: str | None = None, compile: bool = False, allow_
 
 PRECISION_HELP = {
     "speed": "torch: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs) after the token selection; "
-             "an export: its own precision (checked; `sathmr export --fp16/--int8` makes others).",
+             "an export: its own precision (checked; `sathmr export --precision fp16|int8` makes others).",
     "accuracy": "torch: fp32 (default), bf16 or fp16 after the token selection (bf16 runs emulated on CPUs without it: "
                 "the figures hold, the speed does not); an export: its own precision (checked).",
     "list": "Comma-separated precisions (fp32,bf16,fp16,int8), compared side by side (bf16 runs emulated on CPUs "
@@ -131,7 +134,7 @@ PRECISION_HELP = {
 def precision_options(purpose: str = "speed", compile: bool = True):
     """``--precision`` (and ``--compile``) next to a command's model options; ``purpose`` "accuracy" where
     emulated bf16 is allowed (eval), "speed" where it is refused (infer), "list" for a comma list (bench,
-    parity: the text is parsed by :func:`sathmr.common.precision.parse_precisions`)."""
+    parity: the text is parsed by :func:`sathmr.backends.precision.parse_precisions`)."""
     def decorate(command):
         if compile:
             command = click.option("--compile", "compile_", is_flag=True,
