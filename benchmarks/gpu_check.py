@@ -31,7 +31,6 @@ import torch
 from sathmr.backends import OrtBackend, TorchBackend, TrtBackend
 from sathmr.bench.measure import machine_info
 from sathmr.bench.report import md_table, text_table
-from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
 from sathmr.common.errors import SathmrError
 from sathmr.common.files import atomic_write
@@ -42,6 +41,7 @@ from sathmr.outputs.writers import write_json
 from sathmr.parity import compare_backends
 from sathmr.runtime.predictor import Predictor
 from sathmr.runtime.preprocess import collate, prepare
+from sathmr.zoo.random_weights import random_network
 from sathmr.zoo.weights import synthetic_smpl_dir
 
 DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))

@@ -164,7 +164,7 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
     from sathmr.outputs.anim import write_animations
     from sathmr.runtime.distributed import ProcessGroup
     from sathmr.runtime.pipeline import Failed, Skipped, Work, run_pipeline, stop_on_sigint
-    from sathmr.video.run import VideoOutputs, video_events
+    from sathmr.video.run import VIDEO_EVENTS, VideoOutputs, video_events
     from sathmr.video.sink import VideoOptions
 
     group = group or ProcessGroup()
@@ -197,10 +197,16 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
 
     frame_plan = replace(plan, overlay=plan.overlay and video.per_frame)
     per_frame = video.per_frame or plan.mesh or plan.smpl or plan.raw
-    videos = VideoOutputs(plan, plan.thresholds, predictor, video, plan.overlay, fail,
-                          (lambda res, src, ids: write_result(frame_plan, res, src, predictor, ids)) if per_frame else None,
-                          (lambda path, doc: write_animations(doc, predictor.body_model, path.parent, doc["name"], plan.anim))
-                          if plan.anim else None, say=bar.write)
+    opened: list[VideoOutputs] = []     # built when the first video's event arrives: images never pass through it
+
+    def videos() -> VideoOutputs:
+        if not opened:
+            opened.append(VideoOutputs(
+                plan, plan.thresholds, predictor, video, plan.overlay, fail,
+                (lambda res, src, ids: write_result(frame_plan, res, src, predictor, ids)) if per_frame else None,
+                (lambda path, doc: write_animations(doc, predictor.body_model, path.parent, doc["name"], plan.anim))
+                if plan.anim else None, say=bar.write))
+        return opened[0]
 
     def consume(ev, res: ImageResult | None) -> None:
         if res is not None:
@@ -208,9 +214,9 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
             for t in plan.thresholds:
                 summary.people[t] += len(res.people[t])
             bar.update(1)
-        if videos.handle(ev, res):
-            return
-        if isinstance(ev, Failed):
+        if isinstance(ev, VIDEO_EVENTS):
+            videos().handle(ev, res)
+        elif isinstance(ev, Failed):
             fail(f"{ev.source}: {ev.message}")
         elif isinstance(ev, Skipped):
             summary.skipped += 1
@@ -222,10 +228,13 @@ def run_infer(predictor: Predictor, inputs: str | Path, plan: OutputPlan, batch_
         with stop_on_sigint(stop, bar.write):
             summary.pipeline = run_pipeline(events(), predictor, consume, batch_size, threaded)
     finally:
-        videos.close()
+        for v in opened:
+            v.close()
         bar.close()
     summary.network_s = summary.pipeline.network_s
-    summary.videos, summary.frames, summary.interrupted = videos.videos, videos.frames, stop.is_set()
+    summary.videos = sum(v.videos for v in opened)
+    summary.frames = sum(v.frames for v in opened)
+    summary.interrupted = stop.is_set()
     return summary
 
 

@@ -40,7 +40,7 @@ def manifest_state(full_model):
     state = {}
     for key, (shape, dtype, _alias) in rows.items():
         if key in ours:
-            state[key] = ours[key]
+            state[key] = ours[key].clone()      # not the model's own storage: tests overwrite the model
         else:  # human_model.* buffers: synthetic stand-ins of the right shape
             state[key] = (torch.randint(0, 20, shape) if dtype == "int64" else torch.randn(shape))
         assert list(state[key].shape) == shape, key
@@ -69,10 +69,26 @@ def test_official_layout_loads_strictly(manifest_state, full_model):
     assert torch.equal(sd["mean_pose"], manifest_state["mean_pose"])
 
 
+def assert_loaded_from(model, state: dict) -> None:
+    """Every network tensor of ``model`` equals its official counterpart in ``state`` (the explicit key map
+    applied by hand here: ``decoder.decoder.*`` → ``decoder.*``), and the SMPL buffers came back."""
+    sd = model.state_dict()
+    official = to_official(sd, model.cfg)
+    for key in official:
+        if key in state:
+            assert torch.equal(official[key], state[key]), key
+    assert torch.equal(sd["decoder.layers.5.ca_kcontent_proj.weight"], state["decoder.decoder.layers.5.ca_kcontent_proj.weight"])
+
+
 @pytest.mark.parametrize("wrap", ["module.", "model", "_orig_mod."])
 def test_wrapped_checkpoints_load(manifest_state, full_model, wrap):
     state = {wrap + k: v for k, v in manifest_state.items()} if wrap.endswith(".") else {wrap: dict(manifest_state)}
-    from_official(state, full_model)
+    with torch.no_grad():
+        for p in full_model.parameters():
+            p.zero_()                           # anything not loaded would stay zero
+    body = from_official(state, full_model)
+    assert_loaded_from(full_model, manifest_state)
+    assert set(body) == {k.split("human_model.layer_n.")[1] for k in manifest_state if k.startswith("human_model.")}
 
 
 def test_wrong_checkpoints_fail_clearly(manifest_state, full_model):
@@ -100,8 +116,16 @@ def test_wrong_checkpoints_fail_clearly(manifest_state, full_model):
 
 
 def test_dn_enc_is_optional(manifest_state, full_model):
+    """Without the training-only ``dn_enc`` every other tensor still loads, and dn_enc keeps the model's own."""
     state = {k: v for k, v in manifest_state.items() if not k.startswith("dn_enc.")}
+    assert len(state) < len(manifest_state)
+    with torch.no_grad():
+        for name, p in full_model.named_parameters():
+            p.fill_(7.0 if name.startswith("dn_enc.") else 0.0)
     from_official(state, full_model)
+    assert_loaded_from(full_model, state)
+    dn = {k: v for k, v in full_model.state_dict().items() if k.startswith("dn_enc.")}
+    assert dn and all(torch.all(v == 7.0) for v in dn.values())
 
 
 def test_official_pth_file_loads_with_weights_only(tmp_path):

@@ -20,13 +20,13 @@ import torch
 from click.testing import CliRunner
 
 from sathmr.backends import OrtBackend, TorchBackend, load_backend
-from sathmr.backends.meta import FORMAT_TAG, GRAPHS, file_sha256, read_artifact
+from sathmr.backends.meta import FORMAT_TAG, GRAPHS, read_artifact
 from sathmr.backends.ort_backend import providers_for
 from sathmr.bench.scaling import forced_layout
-from sathmr.bench.setup import random_network
 from sathmr.body import load_body_model
 from sathmr.cli import main
 from sathmr.common.errors import SathmrError
+from sathmr.common.files import file_sha256
 from sathmr.export.onnx import export_graph
 from sathmr.export.trt import profile_shapes
 from sathmr.inputs.images import read_image
@@ -34,6 +34,7 @@ from sathmr.model.checkpoint import save_checkpoint
 from sathmr.parity import compare_backends
 from sathmr.runtime.predictor import Predictor
 from sathmr.runtime.preprocess import collate, prepare
+from sathmr.zoo.random_weights import random_network
 
 from helpers import graph_op_types
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sathmr.bench.setup import spread_heads
 from sathmr.model import build_model
 from sathmr.model.config import get_config
 from sathmr.model.decoder import DecoderLayer, _heads, _merge
 from sathmr.model.layers import Block, key_mask_bias, max_pool2, mean_pool2
+from sathmr.zoo.random_weights import spread_heads
 
 TINY = get_config("tiny")
 

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from sathmr.backends.meta import ExportMeta
 from sathmr.backends.torch_backend import _tf32_knobs, exact_fp32
 from sathmr.backends.two_stage import TwoStage
-from sathmr.bench.setup import random_network
 from sathmr.cli import main
 from sathmr.common import optional
 from sathmr.common.errors import SathmrError
@@ -25,6 +24,7 @@ from sathmr.export.trt import FP32_OPS, _elem_types, build_engines, check_budget
 from sathmr.inputs.images import read_image
 from sathmr.model.config import get_config
 from sathmr.runtime.preprocess import collate, prepare
+from sathmr.zoo.random_weights import random_network
 from sathmr.zoo.weights import synthetic_smpl_dir
 
 FULL = ExportMeta(cfg=get_config("sat_644"))

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from sathmr.backends import OrtBackend, TorchBackend
-from sathmr.bench.setup import spread_heads
 from sathmr.common import hardware
 from sathmr.export.onnx import export_network
 from sathmr.export.quantize import topological_sort, weight_type
 from sathmr.model import build_model
 from sathmr.model.config import get_config
+from sathmr.zoo.random_weights import spread_heads
 
 #: sat_644's width with 3 blocks (1 before the split), 1 decoder layer and a 448-px canvas
 FULL_WIDTH = dataclasses.replace(get_config("sat_644"), depth=3, split_layer=1, dec_layers=1, input_size=448)

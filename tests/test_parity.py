@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 
 from sathmr.backends import OrtBackend, TorchBackend
-from sathmr.bench.setup import random_network, spread_heads
 from sathmr.body import load_body_model
 from sathmr.cli import main
 from sathmr.export.onnx import export_network
@@ -22,6 +21,7 @@ from sathmr.parity import compare_backends
 from sathmr.runtime.postprocess import box_iou
 from sathmr.runtime.predictor import Predictor
 from sathmr.runtime.preprocess import collate, prepare
+from sathmr.zoo.random_weights import random_network, spread_heads
 from sathmr.zoo.weights import synthetic_smpl_dir
 
 from helpers import Shifted

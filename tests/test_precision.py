@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 from sathmr.backends import OrtBackend, TorchBackend
 from sathmr.backends.meta import read_artifact
+from sathmr.backends.precision import plan_precision
 from sathmr.cli import main
 from sathmr.common import hardware
 from sathmr.common.errors import SathmrError
-from sathmr.backends.precision import plan_precision
 from sathmr.export.onnx import quantize_export
 from sathmr.export.quantize import MEMORY_PROJECTIONS, module_path, module_scopes, quantised_nodes
 from sathmr.inputs.images import read_image

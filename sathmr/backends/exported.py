@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from sathmr.backends.base import Backend
-from sathmr.backends.meta import Artifact, export_note, file_sha256, is_embedded, read_artifact
+from sathmr.backends.meta import Artifact, export_note, is_embedded, read_artifact
 from sathmr.backends.precision import check_export_precision
 from sathmr.backends.two_stage import TwoStage
+from sathmr.common.files import file_sha256
 from sathmr.model.tokens import Selection
 
 

@@ -27,12 +27,12 @@ from pathlib import Path
 from torch import nn
 
 from sathmr import __version__
-from sathmr.backends.formats import DEFAULT_OPSET  # noqa: F401 - exporters import it from here
+from sathmr.backends.formats import DEFAULT_OPSET
 from sathmr.backends.formats import STAGES as GRAPH_STAGES
 from sathmr.backends.integrity import check_meta_values, check_signature, read_header
 from sathmr.backends.precision import EXPORT_PRECISIONS
 from sathmr.common.errors import SathmrError
-from sathmr.common.files import file_sha256  # noqa: F401 - exporters and backends import it from here
+from sathmr.common.files import file_sha256
 from sathmr.model.config import ModelConfig
 from sathmr.model.sathmr import NET_OUTPUTS
 from sathmr.model.tokens import TokenBudget

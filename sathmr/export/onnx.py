@@ -25,9 +25,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from sathmr.backends.meta import DEFAULT_OPSET, GRAPHS, Artifact, ExportMeta, file_sha256, read_artifact, state_sha256
+from sathmr.backends.formats import DEFAULT_OPSET
+from sathmr.backends.meta import GRAPHS, Artifact, ExportMeta, read_artifact, state_sha256
 from sathmr.body import load_body_model
 from sathmr.common.errors import SathmrError
+from sathmr.common.files import file_sha256
 from sathmr.export.graphs import dynamic_shapes, graph_module, sample_inputs
 from sathmr.export.ort_fusions import TRANSLATIONS, fuse_residuals
 from sathmr.export.quantize import quantize_weights

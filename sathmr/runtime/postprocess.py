@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from sathmr.model.config import ModelConfig
 from sathmr.model.geometry import box_cxcywh_to_xyxy, rot6d_to_rotmat, rotmat_to_axis_angle
+
+if TYPE_CHECKING:
+    from sathmr.runtime.preprocess import Prepared
 
 RAW_OUTPUTS = ("pred_boxes", "pred_confs", "pred_poses", "pred_betas", "pred_transl", "pred_j3ds",
                "pred_j2ds", "pred_verts", "pred_intrinsics", "pred_depths")
@@ -190,3 +194,22 @@ def image_json(res: ImageResult, threshold: float, source: str, backend: str, fo
         "people": [p.to_json() if track_ids is None else {"track_id": int(i), **p.to_json()}
                    for i, p in zip(track_ids if track_ids is not None else people, people)],
     }
+
+
+def image_result(arrays: dict, i: int, p: Prepared, name: str, thresholds: Sequence[float], cfg: ModelConfig,
+                 with_verts: bool = True) -> ImageResult:
+    """Image ``i`` of a decoded batch (:func:`as_arrays`) as its :class:`ImageResult`: people per threshold in
+    the original image's pixels, token counts, the scale map and selected tokens cropped to the image."""
+    people = {t: select_people(arrays, i, t, p.scale, with_verts) for t in thresholds}
+    counts, overflow = arrays["tok_counts"][i], arrays["tok_overflow"][i]
+    raw = {k: arrays[k][i] for k in RAW_OUTPUTS if k in arrays}
+    raw["input"] = p.tensor.numpy()
+    raw["img_size"] = np.array(p.img_hw, dtype=np.int64)
+    H, W = p.tensor.shape[1:]
+    hc, wc = H // cfg.cell_size, W // cfg.cell_size
+    lvl = arrays["tok_lvl"][i]
+    return ImageResult(
+        name=name, orig_hw=p.orig_hw, img_hw=p.img_hw, scale=p.scale, people=people,
+        tokens=TokenCounts(int(counts[0]), int(counts[1]), int(counts[2]), int(overflow[0]), int(overflow[1])),
+        scale_map=arrays["scale_map"][i][:hc, :wc], tok_yx=arrays["tok_yx"][i][lvl >= 0], tok_lvl=lvl[lvl >= 0],
+        intrinsics=arrays["pred_intrinsics"][i, 0], raw=raw, resized_bgr=p.resized_bgr)

@@ -22,7 +22,7 @@ from sathmr.common.errors import SathmrError
 from sathmr.common.timing import StageTimer
 from sathmr.inputs.images import read_image
 from sathmr.model.config import ModelConfig
-from sathmr.runtime.postprocess import RAW_OUTPUTS, ImageResult, TokenCounts, as_arrays, decode_outputs, select_people
+from sathmr.runtime.postprocess import ImageResult, as_arrays, decode_outputs, image_result
 from sathmr.runtime.preprocess import Prepared, collate, prepare
 from sathmr.zoo.weights import resolve
 
@@ -37,7 +37,16 @@ class BatchOutput:
 
 
 class Predictor:
-    """Runs any backend with the shared pre- and post-processing."""
+    """Runs any backend with the shared pre- and post-processing: the one batch runner of infer, bench,
+    parity, eval and serve, so that every command sees the same people for the same network outputs.
+
+    Args:
+        backend: any :class:`~sathmr.backends.base.Backend` (``sathmr.backends.open_model`` builds one).
+        body_model: the SMPL model post-processing poses (checked against the backend's fingerprint by
+            :func:`load_body_for`).
+        thresholds: confidence thresholds τ; each image gets its people at every one of them.
+        with_verts: also compute the 6890 vertices per person (meshes, overlays); off for joints only.
+    """
 
     def __init__(self, backend: Backend, body_model, thresholds: Sequence[float] = (0.3,),
                  with_verts: bool = True):
@@ -80,26 +89,11 @@ class Predictor:
         per_item = thresholds if thresholds is not None else [self.thresholds] * len(items)
         if len(per_item) != len(items):
             raise ValueError(f"{len(per_item)} threshold sets for {len(items)} images")
-        results = [self._image_result(decoded, i, p, name, ts)
+        results = [image_result(decoded, i, p, name, ts, self.cfg, self.with_verts)
                    for i, (p, name, ts) in enumerate(zip(items, names, per_item))]
         timer.mark()
         network, post = timer.intervals()[-2:]
         return BatchOutput(results, net, decoded, {"network": network, "postprocess": post})
-
-    def _image_result(self, arrays: dict, i: int, p: Prepared, name: str, thresholds: Sequence[float]) -> ImageResult:
-        people = {t: select_people(arrays, i, t, p.scale, self.with_verts) for t in thresholds}
-        counts, overflow = arrays["tok_counts"][i], arrays["tok_overflow"][i]
-        raw = {k: arrays[k][i] for k in RAW_OUTPUTS if k in arrays}
-        raw["input"] = p.tensor.numpy()
-        raw["img_size"] = np.array(p.img_hw, dtype=np.int64)
-        H, W = p.tensor.shape[1:]
-        hc, wc = H // self.cfg.cell_size, W // self.cfg.cell_size
-        lvl = arrays["tok_lvl"][i]
-        return ImageResult(
-            name=name, orig_hw=p.orig_hw, img_hw=p.img_hw, scale=p.scale, people=people,
-            tokens=TokenCounts(int(counts[0]), int(counts[1]), int(counts[2]), int(overflow[0]), int(overflow[1])),
-            scale_map=arrays["scale_map"][i][:hc, :wc], tok_yx=arrays["tok_yx"][i][lvl >= 0], tok_lvl=lvl[lvl >= 0],
-            intrinsics=arrays["pred_intrinsics"][i, 0], raw=raw, resized_bgr=p.resized_bgr)
 
 
 def check_body_model(found: dict[str, torch.Tensor], body_model) -> None:

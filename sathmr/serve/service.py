@@ -76,12 +76,6 @@ class Job:
     name: str
 
 
-@dataclass
-class Answer:
-    body: dict
-    batch_size: int
-
-
 class InferenceService:
     """A predictor behind a dynamic batcher; thread-safe (``prepare`` and ``answer`` run in worker threads)."""
 

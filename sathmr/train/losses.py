@@ -19,7 +19,6 @@ LOSS_WEIGHTS: dict[str, float] = {
     "j3ds": 8.0, "j2ds": 40.0, "depths": 0.5, "map_confs": 4.0, "map_scales": 4.0,
 }
 LAYER_KEYS = ("confs", "boxes", "giou", "poses", "betas", "j3ds", "j2ds", "depths")
-MAP_KEYS = ("map_confs", "map_scales")
 THREE_D_KEYS = ("poses", "betas", "j3ds", "depths")
 BETAS_WEIGHTS = (2.56, 1.28, 0.64, 0.64, 0.32, 0.32, 0.32, 0.32, 0.32, 0.32)
 NUM_LOSS_JOINTS = 45

@@ -86,6 +86,10 @@ def video_events(src: VideoSource, prepare: Callable[..., Prepared], dirs: Thres
     yield VideoEnd(start, complete=not stop.is_set() and note is None, note=note, dropped=reader.dropped)
 
 
+#: the events of a video unit (everything else in the pipeline is an image's)
+VIDEO_EVENTS = (VideoStart, FrameJob, FrameFailed, VideoEnd)
+
+
 class VideoOutputs:
     """Writer side: routes video events to one :class:`VideoSink` per open video.
 
@@ -108,7 +112,7 @@ class VideoOutputs:
 
     def handle(self, ev, res: ImageResult | None) -> bool:
         """Consume ``ev`` if it is a video's; returns whether it was."""
-        if not isinstance(ev, (VideoStart, FrameJob, FrameFailed, VideoEnd)):
+        if not isinstance(ev, VIDEO_EVENTS):
             return False
         video = ev if isinstance(ev, VideoStart) else ev.video
         if id(video) in self.failed:
