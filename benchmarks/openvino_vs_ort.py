@@ -33,17 +33,17 @@ from pathlib import Path
 
 import torch
 
-from sathmr.api import Predictor
 from sathmr.backends import TorchBackend, load_backend
 from sathmr.bench.measure import machine_info
 from sathmr.bench.report import PRECISION_HEADER, precision_rows, text_table
 from sathmr.bench.run import bench
 from sathmr.bench.setup import load_images, make_setup, synthetic_images
-from sathmr.config import get_config
-from sathmr.errors import SathmrError
-from sathmr.io import write_json
+from sathmr.common.errors import SathmrError
+from sathmr.model.config import get_config
+from sathmr.outputs.writers import write_json
 from sathmr.parity import compare_backends
-from sathmr.preprocess import collate, prepare
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import collate, prepare
 
 DEFAULT_IMAGES = Path(os.environ.get("SATHMR_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared/data/images"))
 ENTRIES = "torch,ort,ort:int8,openvino,openvino:int8"

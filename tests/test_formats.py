@@ -38,10 +38,10 @@ def files(tmp_path):
 
 
 def test_the_table_feeds_the_cli_choices():
-    assert list(BACKENDS) == ["torch", "torch-static", "ort", "trt"]
-    assert EXPORT_FORMATS == ("onnx", "trt")
-    assert [BACKENDS[b][0] for b in BACKENDS] == [False, False, True, True]
-    assert FORMATS["engine"].gpu and not FORMATS["onnx"].gpu
+    assert list(BACKENDS) == ["torch", "torch-static", "ort", "trt", "openvino"]
+    assert EXPORT_FORMATS == ("onnx", "trt", "openvino")
+    assert [BACKENDS[b][0] for b in BACKENDS] == [False, False, True, True, True]
+    assert FORMATS["engine"].gpu and not FORMATS["onnx"].gpu and not FORMATS["openvino"].gpu
 
 
 def test_exact_suffix_dispatch(files):

@@ -21,17 +21,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sathmr.api import Predictor
 from sathmr.backends import OpenVinoBackend, TorchBackend, open_model
+from sathmr.backends.formats import choose_model, detect
+from sathmr.backends.ir import RT_INFO_KEY, ir_props
+from sathmr.backends.meta import read_meta
 from sathmr.backends.openvino_backend import compile_config, ov_device
 from sathmr.cli import main
-from sathmr.errors import SathmrError
-from sathmr.export.ir import RT_INFO_KEY, ir_props
-from sathmr.export.meta import read_meta
+from sathmr.common.errors import SathmrError
 from sathmr.export.openvino import compressed_products, stage_bc_products
-from sathmr.formats import choose_model, detect
+from sathmr.inputs.images import read_image
 from sathmr.parity import compare_backends
-from sathmr.preprocess import collate, prepare, read_image
+from sathmr.runtime.predictor import Predictor
+from sathmr.runtime.preprocess import collate, prepare
 
 TOL_REL = 1e-5
 TOL_MM = 0.05
@@ -213,8 +214,9 @@ def test_options_devices_and_precision_are_checked():
 
 def test_export_options_openvino_would_ignore_are_refused(tmp_path):
     runner = CliRunner()
-    for opts, msg in ((["--static-budget"], "no --static-budget"), (["--fp16"], "no --fp16"),
-                      (["--portable"], "OpenVINO converts"), (["--max-tokens", "9"], "only with --format trt")):
+    for opts, msg in ((["--static-budget"], "no --static-budget"), (["--precision", "fp16"], "exports fp32, int8"),
+                      (["--fp16"], "exports fp32, int8"), (["--portable"], "--portable: only with --format onnx"),
+                      (["--max-tokens", "9"], "only with --format trt")):
         r = runner.invoke(main, ["export", "--format", "openvino", "-o", str(tmp_path / "x"), *opts])
         assert r.exit_code != 0 and msg in r.output, (opts, r.output)
     assert not (tmp_path / "x").exists()

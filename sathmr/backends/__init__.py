@@ -11,6 +11,7 @@ import importlib
 
 _WHERE = {"Backend": "sathmr.backends.base", "TorchBackend": "sathmr.backends.torch_backend",
           "OrtBackend": "sathmr.backends.ort_backend", "TrtBackend": "sathmr.backends.trt_backend",
+          "OpenVinoBackend": "sathmr.backends.openvino_backend",
           "BACKENDS": "sathmr.backends.formats", "load_backend": "sathmr.backends.auto",
           "open_model": "sathmr.backends.auto", "weights_behind": "sathmr.backends.auto"}
 __all__ = sorted(_WHERE)

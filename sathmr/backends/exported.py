@@ -47,11 +47,11 @@ class ExportedBackend(Backend):
         return art
 
     @staticmethod
-    def describe(path: str | Path, device, runtime: str, art: Artifact, **extra) -> dict:
+    def describe(path: str | Path, device, label: str, art: Artifact, **extra) -> dict:
         """The ``info`` every exported backend reports (bench and parity print it)."""
         meta = art.meta
         return {"path": str(path), "device": str(device), "config": meta.cfg.name, "layout": meta.layout,
-                "precision": meta.precision, **extra, "note": export_note(path, runtime, meta),
+                "precision": meta.precision, **extra, "note": export_note(path, label, meta),
                 "embedded": is_embedded(meta)}
 
     def check_body_model(self, body_model) -> None:

@@ -3,7 +3,8 @@
 
 ``--model PATH`` alone is enough: SAT-HMR weights (``.pth``/``.safetensors``) run on PyTorch, an ONNX
 export (a two-stage folder or a static ``.onnx``) on ONNX Runtime, a TensorRT export (a folder of
-``.engine`` files or one ``.engine``) on TensorRT. A registry name (``sat_644_3dpw``) stands for its
+``.engine`` files or one ``.engine``) on TensorRT, an OpenVINO export (a folder of ``.xml`` + ``.bin``) on
+OpenVINO. A registry name (``sat_644_3dpw``) stands for its
 file in the weights folder. ``--backend`` overrides the choice among the backends of that format
 (``torch-static``), and backend options a format would ignore are refused, not dropped.
 """
@@ -29,7 +30,7 @@ PRECISIONS: dict[str, str] = {
     "fp32": "float32 everywhere (the reference)",
     "bf16": "bfloat16 in stages B/C (PyTorch autocast; CPUs with AVX512-BF16/AMX, GPUs)",
     "fp16": "float16 in stages B/C (GPUs)",
-    "int8": "int8 weights in the tokens graph (ONNX Runtime dynamic quantisation, CPUs)",
+    "int8": "int8 weights in the tokens graph (ONNX Runtime dynamic quantisation or NNCF weight compression, CPUs)",
 }
 
 
@@ -86,6 +87,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
                                                           "TensorRT on a built engine"),),
            ("precision",), ("fp32", "fp16"), True, "trt", ("onnx_path", "workspace_gb", "max_batch_size", "max_tokens"),
            "a TensorRT export (`sathmr export --format trt`)"),
+    Format("openvino", (".xml",), ".xml", (BackendRow("openvino", "sathmr.backends.openvino_backend:OpenVinoBackend",
+                                                      "OpenVINO on a converted model (CPU; Intel GPUs)"),),
+           ("threads", "precision", "performance_hint"), ("fp32", "int8"), False, "openvino", ("onnx_path",),
+           "an OpenVINO export (`sathmr export --format openvino`)"),
 )}
 #: backend → (runs an exported file, what it is); the CLI's --backend choices
 BACKENDS: dict[str, tuple[bool, str]] = {b.name: (f.name != "checkpoint", b.what) for f in FORMATS.values() for b in f.backends}
@@ -113,7 +118,7 @@ def detect(path: Path) -> Format:
             if f.folder_suffix and all((path / f"{g}{f.folder_suffix}").is_file() for g in STAGES):
                 return f
         raise SathmrError(f"{path} is a folder but not a two-stage export (no {' + '.join(g + '.onnx' for g in STAGES)}"
-                          f" or .engine): see `sathmr export`")
+                          f", .engine or .xml): see `sathmr export`")
     for f in FORMATS.values():
         if path.suffix in f.suffixes:
             return f

@@ -30,6 +30,7 @@ from sathmr import __version__
 from sathmr.backends.formats import DEFAULT_OPSET
 from sathmr.backends.formats import STAGES as GRAPH_STAGES
 from sathmr.backends.integrity import check_meta_values, check_signature, read_header
+from sathmr.backends.ir import IR_SUFFIX, ir_props
 from sathmr.backends.precision import EXPORT_PRECISIONS
 from sathmr.common.errors import SathmrError
 from sathmr.common.files import file_sha256
@@ -233,6 +234,8 @@ def graph_props(path: Path) -> dict[str, str]:
     """The sathmr metadata of one exported file (ONNX or engine), without loading its weights."""
     if not path.is_file():
         raise SathmrError(f"model file not found: {path}")
+    if path.suffix == IR_SUFFIX:
+        return ir_props(path)
     return read_engine(path)[0] if path.suffix == ".engine" else _onnx_props(path)
 
 
@@ -262,7 +265,7 @@ def read_artifact(path: str | Path, suffix: str = ".onnx") -> Artifact:
 def read_meta(path: str | Path) -> ExportMeta:
     """Metadata of an exported model (folder or file), without loading its weights."""
     path = Path(path)
-    suffix = ".engine" if path.is_dir() and any(path.glob("*.engine")) else ".onnx"
+    suffix = next((s for s in (".engine", IR_SUFFIX) if path.is_dir() and any(path.glob(f"*{s}"))), ".onnx")
     return read_artifact(path, suffix).meta
 
 

@@ -2,7 +2,7 @@
 
 The two IR graphs run as two compiled models with the shared token selection between them
 (``TwoStage``), exactly as the ONNX Runtime backend runs the ONNX graphs; every axis is dynamic.
-Everything the graphs need comes from their metadata (``sathmr.export.ir``).
+Everything the graphs need comes from their metadata (``sathmr.backends.ir``).
 
 What is forced, and why:
   * ``INFERENCE_PRECISION_HINT`` is f32 at every precision. OpenVINO's own default on CPUs with AMX or
@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sathmr.backends.base import Backend
-from sathmr.backends.two_stage import TwoStage, selection_feeds
-from sathmr.errors import SathmrError
-from sathmr.export.ir import IR_SUFFIX
-from sathmr.export.meta import GRAPHS, QUERY_OUTPUTS, Artifact, export_note, file_sha256, is_embedded, read_artifact
+from sathmr.backends.exported import ExportedBackend
+from sathmr.backends.ir import IR_SUFFIX
+from sathmr.backends.meta import GRAPHS, QUERY_OUTPUTS, Artifact
+from sathmr.backends.two_stage import selection_feeds
+from sathmr.common.errors import SathmrError
+from sathmr.common.optional import require
 from sathmr.model.tokens import Selection
-from sathmr.optional import require
-from sathmr.precision import check_export_precision
 
 PERFORMANCE_HINTS = ("latency", "throughput")
 #: inputs per activation scale of the int8 graphs' dynamic quantisation: 128 measured fastest on sat_644 (3.7 s a pass
@@ -70,15 +69,16 @@ def compile_config(device: str, precision: str, threads: int | None, hint: str |
     return cfg
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(ExportedBackend):
+    """OpenVINO on the IR of ``sathmr export --format openvino`` (two-stage; CPU, Intel GPUs), at the
+    precision it was exported with and never a lower one picked by the plugin (f32 hint, read back)."""
     name = "openvino"
+    suffix = IR_SUFFIX
 
-    def __init__(self, compiled: dict, artifact: Artifact, info: dict):
-        self.compiled, self.artifact, self.meta = compiled, artifact, artifact.meta
-        self.cfg = self.meta.cfg
-        self.info = info
+    def __init__(self, compiled: dict, artifact: Artifact, device: str, info: dict):
+        self.compiled = compiled
         self.local = threading.local()      # this thread's inference requests, by graph
-        self.two_stage = TwoStage(self.cfg, self._scale_map, self._tokens)
+        super().__init__(artifact, device, info)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
@@ -87,10 +87,8 @@ class OpenVinoBackend(Backend):
         """Open the IR folder ``path``; ``config``/``checkpoint``/``precision``, when given, must be the ones it
         was exported with."""
         ov = require("openvino")
-        art = read_artifact(path, IR_SUFFIX)
+        art = cls.read_checked(path, config, checkpoint, precision)
         meta = art.meta
-        meta.check(config=config, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, source=str(path))
-        check_export_precision(precision, meta.precision, str(path))
         core = ov.Core()
         dev = ov_device(device, core.available_devices)
         props = compile_config(dev, meta.precision, threads, performance_hint)
@@ -108,19 +106,14 @@ class OpenVinoBackend(Backend):
         if used != {ov.Type.f32}:
             raise RuntimeError(f"OpenVINO compiled {path} at {used}, not the f32 it was asked for")   # never silently
         runtime = f"OpenVINO {ov.__version__.split('-')[0]}, {dev}"
-        info = {"path": str(path), "device": dev, "runtime": runtime, "config": meta.cfg.name, "layout": meta.layout,
-                "precision": meta.precision, "batch": "dynamic", "inference_precision": "f32",
-                "performance_hint": props["PERFORMANCE_HINT"].lower(),
-                "threads": threads or int(next(iter(compiled.values())).get_property("INFERENCE_NUM_THREADS")),
-                "note": export_note(path, runtime, meta), "embedded": is_embedded(meta)}
-        return cls(compiled, art, info)
-
-    def check_body_model(self, body_model) -> None:
-        self.meta.check(body_fingerprint=getattr(body_model, "fingerprint", None), source=self.info["path"])
+        info = cls.describe(path, dev, runtime, art, runtime=runtime, batch="dynamic", inference_precision="f32",
+                            performance_hint=props["PERFORMANCE_HINT"].lower(),
+                            threads=threads or int(next(iter(compiled.values())).get_property("INFERENCE_NUM_THREADS")))
+        return cls(compiled, art, dev, info)
 
     def run(self, images: torch.Tensor, img_hw: torch.Tensor) -> dict[str, torch.Tensor]:
         images, img_hw = images.detach().cpu().float().contiguous(), img_hw.detach().cpu().to(torch.int64)
-        return self.two_stage.run(images, img_hw)
+        return self.run_layout(images, img_hw)
 
     def _request(self, graph: str):
         requests = getattr(self.local, "requests", None)

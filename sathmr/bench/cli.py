@@ -112,7 +112,7 @@ def bench_command(model_paths, backend_text, checkpoint, precision_text, config,
     log = lambda s: click.echo(s, err=True)  # noqa: E731 - progress on stderr, the table on stdout
     result = bench(names, config, inputs, None if random_weights else str(weights), smpl_dir, exported.get("onnx"),
                    exported.get("engine"), batch_size, iters, warmup, threads, device, scaling, scaling_iters,
-                   scaling_max_s, threshold=threshold, command=command_line(), log=log)
+                   scaling_max_s, threshold=threshold, command=command_line(), log=log, ir_path=exported.get("openvino"))
     click.echo(format_report(result))
     if scaling and plot_path:
         click.echo(f"wrote {plot_scaling(result['scaling'], Path(plot_path))}")

@@ -12,6 +12,7 @@ Honesty rules, because a benchmark that flatters is worse than none:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sathmr.backends.formats import format_of_backend
 from sathmr.backends.meta import read_meta
 from sathmr.bench.measure import latency_stats, machine_info
 from sathmr.bench.scaling import run_scaling
@@ -30,6 +32,7 @@ from sathmr.bench.setup import Setup, load_images, make_setup, synthetic_images
 from sathmr.bench.worker import Entry, WorkerSpec, serve
 from sathmr.common.errors import SathmrError
 from sathmr.export.onnx import export_network, quantize_export
+from sathmr.export.openvino import convert_export
 from sathmr.export.trt import build_engines
 from sathmr.parity import ParityReport, compare_outputs
 
@@ -87,7 +90,7 @@ def trt_unavailable(device: str) -> str | None:
 
 
 def exported_files(entries: Sequence[Entry], setup: Setup, workdir: Path, model_path, engine_path,
-                   device: str, log: Log) -> tuple[dict[str, Path], dict[str, str]]:
+                   device: str, log: Log, ir_path=None) -> tuple[dict[str, Path], dict[str, str]]:
     """The file each exported entry runs, by label: the given ``--model``/``--engine`` where its precision
     is the entry's, else exported once per precision with `sathmr export`'s own code (int8 quantises a
     copy of the fp32 export, exactly what `sathmr export --precision int8` writes, without exporting twice)."""
@@ -101,6 +104,8 @@ def exported_files(entries: Sequence[Entry], setup: Setup, workdir: Path, model_
     if model_path:
         meta = read_meta(model_path)
         exports[meta.precision, meta.target] = Path(model_path)
+    if ir_path:
+        exports[read_meta(ir_path).precision, "openvino"] = Path(ir_path)
 
     def onnx_at(precision: str, target: str = "onnxruntime") -> Path:
         if (precision, target) not in exports:
@@ -116,9 +121,18 @@ def exported_files(entries: Sequence[Entry], setup: Setup, workdir: Path, model_
             log(f"  done in {time.perf_counter() - t0:.1f} s")
         return exports[precision, target]
 
+    def ir_at(precision: str) -> Path:
+        if (precision, "openvino") not in exports:
+            log(f"converting the portable fp32 export to OpenVINO IR ({precision}) ...")
+            exports[precision, "openvino"] = convert_export(onnx_at("fp32", "portable"), workdir / f"openvino_{precision}",
+                                                            precision).path
+        return exports[precision, "openvino"]
+
     for e in entries:
         if e.backend == "ort":
             files[e.label] = onnx_at(e.precision)
+        elif e.backend == "openvino":     # converted from the portable fp32 graphs, as `sathmr export --format openvino`
+            files[e.label] = ir_at(e.precision)
     engines = {read_meta(engine_path).precision: Path(engine_path)} if engine_path else {}
     for e in trt:
         if e.precision not in engines:     # standard operators only; strongly typed: the graph's own precision
@@ -225,9 +239,11 @@ def run_backends(specs: list[WorkerSpec], iters: int, warmup: int, log: Log) -> 
 def bench(entries: Sequence[Entry | str], config: str | None = None, images=None, checkpoint=None, smpl_dir=None,
           model_path=None, engine_path=None, batch: int = 1, iters: int = 5, warmup: int = 1, threads: int | None = None,
           device: str = "cpu", scaling: bool = False, scaling_iters: int = 3, scaling_max_s: float = 10.0,
-          threshold: float = 0.3, command: str = "sathmr bench", log: Log = lambda s: None) -> dict:
+          threshold: float = 0.3, command: str = "sathmr bench", log: Log = lambda s: None, ir_path=None,
+          workdir: Path | None = None) -> dict:
     """Everything `sathmr bench` does, as a dict (what --json writes); ``entries``: :class:`Entry` or their
-    ``BACKEND[:PRECISION][+compile]`` text."""
+    ``BACKEND[:PRECISION][+compile]`` text. ``workdir``: keep the exports made on the fly there (default: a
+    temporary folder)."""
     entries = [e if isinstance(e, Entry) else Entry.parse(e) for e in entries]
     threads = threads or torch.get_num_threads()
     if threads < 1 or iters < 1 or warmup < 0 or batch < 1 or scaling_iters < 1:
@@ -251,10 +267,10 @@ def bench(entries: Sequence[Entry | str], config: str | None = None, images=None
         "backends": {}, "skipped": {},
     }
     network = None
-    with tempfile.TemporaryDirectory(prefix="sathmr-bench-") as tmp:
-        files, result["skipped"] = exported_files(entries, setup, Path(tmp), model_path, engine_path, device, log)
+    with contextlib.nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="sathmr-bench-") as tmp:
+        files, result["skipped"] = exported_files(entries, setup, Path(tmp), model_path, engine_path, device, log, ir_path)
         specs = [WorkerSpec(e, setup, inputs, batch, threads, device, threshold, files.get(e.label),
-                            {"threads": threads} if e.backend == "ort" else {})
+                            {"threads": threads} if "threads" in format_of_backend(e.backend).options else {})
                  for e in entries if e.label not in result["skipped"]]
         if specs:
             result["backends"] = run_backends(specs, iters, warmup, log)

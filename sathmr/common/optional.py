@@ -14,6 +14,8 @@ from sathmr.common.errors import SathmrError
 EXTRAS = {
     "onnxruntime": ("ort", "the ONNX Runtime backend"),
     "tensorrt": ("gpu", "the TensorRT backend and export"),
+    "openvino": ("openvino", "the OpenVINO backend and export"),
+    "nncf": ("openvino", "the int8 OpenVINO export (NNCF weight compression)"),
     "matplotlib": ("bench", "the scaling plot of sathmr bench"),
     "fastapi": ("serve", "sathmr serve"),
     "uvicorn": ("serve", "sathmr serve"),

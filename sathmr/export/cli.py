@@ -1,4 +1,4 @@
-"""`sathmr export`: the network as ONNX (two-stage by default, or one fixed-budget graph) or TensorRT."""
+"""`sathmr export`: the network as ONNX (two-stage by default, or one fixed-budget graph), TensorRT or OpenVINO IR."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
         raise SathmrError(f"--precision {precision}: --format {fmt} exports {', '.join(row.precisions)}"
                           + (" (TensorRT builds int8 only from a calibration, which sathmr does not offer: use "
                              "--precision fp16, or --format onnx --precision int8 for CPUs)" if precision == "int8" else ""))
+    if fmt == "openvino" and static_budget:
+        raise SathmrError("--format openvino converts the two-stage export (no --static-budget)")
     if given.get("max_tokens") is not None and static_budget:
         raise SathmrError("--max-tokens sizes the two-stage tokens engine; the --static-budget graph has fixed budgets")
     if given.get("onnx_path") is not None and static_budget:
@@ -96,7 +98,7 @@ def describe(art: Artifact) -> str:
 @click.command("export", cls=Command, renamed={"--checkpoint": "--model", "--batch": "--batch-size",
                                                 "--max-batch": "--max-batch-size"})
 @click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="onnx", show_default=True)
-@output_option(type=click.Path(), help="A folder (two-stage, the default), or model.onnx / model.engine with --static-budget.")
+@output_option(type=click.Path(), help="A folder (two-stage, the default; always for openvino), or model.onnx / model.engine with --static-budget.")
 @click.option("--model", "-m", "checkpoint", help="SAT-HMR weights to export: a file or a name from `sathmr models` "
               "(default: the first official checkpoint in weights/, else the embedded model).")
 @click.option("--config", default=None, help=CONFIG_HELP)
@@ -108,14 +110,15 @@ def describe(art: Artifact) -> str:
 @click.option("--canvas", default=None, help="--static-budget: the fixed input HxW (multiples of 56, long side = input size); default square.")
 @batch_size_option(default=None, help="Fix the batch size (default: a dynamic batch axis).")
 @click.option("--precision", type=click.Choice(list(EXPORT_PRECISIONS)), default=None,
-              help="After the token selection (stage A always fp32): fp32 (default), fp16 (GPUs), int8 (--format onnx: "
-                   "int8 weights in the tokens graph, ONNX Runtime dynamic quantisation, for CPUs).")
+              help="After the token selection (stage A always fp32): fp32 (default), fp16 (GPUs), int8 (CPUs: int8 weights "
+                   "in the tokens graph; onnx: ONNX Runtime dynamic quantisation, openvino: NNCF weight compression).")
 @click.option("--fp16", is_flag=True, hidden=True, help="Old spelling of --precision fp16.")
 @click.option("--int8", is_flag=True, hidden=True, help="Old spelling of --precision int8.")
 @click.option("--portable", is_flag=True, help="Standard ONNX operators only (no ONNX Runtime fusions), for other runtimes.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--simplify", is_flag=True, help="Simplify the graphs with onnxslim/onnxsim when installed.")
-@click.option("--onnx", "onnx_path", type=click.Path(exists=True), help="--format trt: build from this ONNX export instead of exporting one.")
+@click.option("--onnx", "onnx_path", type=click.Path(exists=True), help="--format trt/openvino: build from this ONNX export "
+              "(openvino: an fp32 two-stage one) instead of exporting one.")
 @click.option("--workspace-gb", type=float, default=None, help="--format trt: builder workspace (default 4).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=None,
               help=f"--format trt: largest batch of the profiles (default {DEFAULT_TRT_MAX_BATCH}; larger batches run in chunks).")
@@ -123,8 +126,8 @@ def describe(art: Artifact) -> str:
               f"batch x tokens^2 scores must fit {TRT_ACTIVATION_BUDGET_GB:g} GB.")
 def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, budget_sat, budget_context, canvas, batch_size,
                    precision, fp16, int8, portable, opset, simplify, onnx_path, workspace_gb, max_batch_size, max_tokens):
-    """Export the network for ONNX Runtime or TensorRT: by default the exact two-stage model whose token
-    axes follow each image; with --static-budget one graph with fixed token budgets."""
+    """Export the network for ONNX Runtime, TensorRT or OpenVINO: by default the exact two-stage model whose
+    token axes follow each image; with --static-budget one graph with fixed token budgets."""
     from sathmr.export.trt import build_engines
     from sathmr.model.tokens import TokenBudget
 
@@ -136,6 +139,9 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, bud
     output = Path(output)
     options = dict(static_budget=TokenBudget(budget_sat, budget_context) if static_budget else None,
                    canvas_hw=parse_canvas(canvas), batch=batch_size, opset=opset, simplify=simplify)
+    if fmt == "openvino":
+        click.echo(describe(_export_openvino(output, onnx_path, checkpoint, smpl_dir, config, precision, options)))
+        return
     if fmt == "onnx":
         art = _export(output, checkpoint, smpl_dir, config, precision=precision, portable=portable, **options)
         click.echo(describe(art))
@@ -155,6 +161,20 @@ def export_command(fmt, output, checkpoint, config, smpl_dir, static_budget, bud
                           portable=True, **options)
             art = build_engines(src.path, output, **trt_opts)
     click.echo(describe(art))
+
+
+def _export_openvino(output: Path, onnx_path, checkpoint, smpl_dir, config, precision: str, options: dict) -> Artifact:
+    from sathmr.common.optional import require
+    from sathmr.export.openvino import convert_export
+
+    for module in ("openvino", "nncf") if precision == "int8" else ("openvino",):   # before minutes of ONNX export
+        require(module)
+    with contextlib.redirect_stdout(sys.stderr):
+        if onnx_path:
+            return convert_export(onnx_path, output, precision)
+        with tempfile.TemporaryDirectory(prefix="sathmr-export-") as tmp:
+            src = _export(Path(tmp) / "model_onnx", checkpoint, smpl_dir, config, precision="fp32", portable=True, **options)
+            return convert_export(src.path, output, precision)
 
 
 def _old_precision_flags(precision: str | None, fp16: bool, int8: bool) -> str | None:

@@ -3,7 +3,7 @@
 Converted, not traced again: ``openvino.convert_model`` reads the graphs of `sathmr export` (every axis
 stays dynamic: batch, image size, token counts), so the IR is the very network the ONNX Runtime backend
 runs, and the shared token selection runs between its two graphs on the host (``TwoStage``). The
-sathmr metadata goes into each IR's ``rt_info`` (``sathmr.export.ir``); the copy of the ONNX
+sathmr metadata goes into each IR's ``rt_info`` (``sathmr.backends.ir``); the copy of the ONNX
 metadata_props that the converter keeps on its own is dropped, so the one source says e.g. int8.
 
 Precisions (``ExportMeta.precision``):
@@ -28,11 +28,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sathmr.errors import SathmrError
-from sathmr.export.ir import IR_SUFFIX, RT_INFO_KEY
-from sathmr.export.meta import Artifact, ExportMeta, read_artifact
+from sathmr.backends.ir import IR_SUFFIX, RT_INFO_KEY
+from sathmr.backends.meta import Artifact, ExportMeta, read_artifact
+from sathmr.common.errors import SathmrError
+from sathmr.common.optional import require
 from sathmr.export.onnx import replace_folder
-from sathmr.optional import require
 
 log = logging.getLogger("sathmr.export")
 #: what the converter copies from the ONNX file into rt_info (a second, stale copy of the metadata)

@@ -3,7 +3,7 @@
 `sathmr export --format openvino` stores the same string pairs every ONNX graph carries
 (``ExportMeta.to_props``) as one JSON value in the model's ``rt_info`` (``<rt_info><sathmr value=…/>``
 in the ``.xml``). Reading them back needs only the XML — not OpenVINO, not the ``.bin`` weights — so
-``sathmr.export.meta`` can tell what a folder holds, and refuse a damaged or foreign one, before any
+``sathmr.backends.meta`` can tell what a folder holds, and refuse a damaged or foreign one, before any
 runtime is imported.
 """
 
@@ -13,7 +13,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from sathmr.errors import SathmrError
+from sathmr.common.errors import SathmrError
 
 IR_SUFFIX = ".xml"                 # each graph is <name>.xml (topology, metadata) + <name>.bin (weights)
 RT_INFO_KEY = "sathmr"             # the rt_info entry holding the JSON of ExportMeta.to_props
