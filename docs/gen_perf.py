@@ -206,7 +206,21 @@ def t_anim() -> str:
                       f"![Frame {d['frame']} of the clip's animation as Blender imports it](@img/{d['picture']})"])
 
 
+def t_openvino() -> str:
+    d = load("openvino.json")
+    parity = md_table(["pair", "network, max relative", "tokens identical", "joints mean/max mm", "people matched"],
+                      [[k, f"{v['network_rel_max']:.1e}", "yes" if v["tokens_identical"] else "NO",
+                        f"{v['joint_mm_mean']:.2f}/{v['joint_mm_max']:.2f}", f"{v['matched']}/{v['people_a']}"]
+                       for k, v in d["parity"].items()])
+    stages = md_table(["export", "stage A ms", "selection ms", "tokens graph ms", "network ms"],
+                      [[k, num(v["scale_map"], ".0f"), num(v["selection"]), num(v["tokens"], ".0f"), num(v["network"], ".0f")]
+                       for k, v in d["stages"].items()])
+    return "\n".join([bench_tables(d["side_by_side"]), "", "Full-size parity:", "", parity, "",
+                      "Where the time goes (per image):", "", stages])
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "openvino": t_openvino,
     "results_summary": t_results_summary, "results": t_results, "scaling": t_scaling,
     "precision_full": t_precision_full, "int8_full": t_int8_full, "tiny_compile": t_tiny_compile,
     "precision_scenes": t_precision_scenes, "video_pipeline": t_video_pipeline, "serve_load": t_serve_load,
