@@ -18,6 +18,7 @@ from sathmr.backends.base import Backend
 from sathmr.backends.meta import Artifact, export_note, is_embedded, read_artifact
 from sathmr.backends.precision import check_export_precision
 from sathmr.backends.two_stage import TwoStage
+from sathmr.common.errors import SathmrError
 from sathmr.common.files import file_sha256
 from sathmr.model.tokens import Selection
 
@@ -64,8 +65,6 @@ class ExportedBackend(Backend):
         return self._static(images, img_hw)
 
     def check_canvas(self, images: torch.Tensor) -> None:
-        from sathmr.common.errors import SathmrError
-
         if tuple(images.shape[2:]) != tuple(self.canvas_hw):
             raise SathmrError(f"the static graph takes {self.canvas_hw[0]}x{self.canvas_hw[1]} inputs, got "
                               f"{images.shape[2]}x{images.shape[3]} (collate to backend.canvas_hw)")

@@ -96,7 +96,12 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 BACKENDS: dict[str, tuple[bool, str]] = {b.name: (f.name != "checkpoint", b.what) for f in FORMATS.values() for b in f.backends}
 EXPORT_FORMATS = tuple(f.export_as for f in FORMATS.values() if f.export_as)
 #: every format's own export options (`sathmr export` refuses one the chosen format does not list)
-EXPORT_ONLY = tuple(o for f in FORMATS.values() for o in f.export_options)
+EXPORT_ONLY = tuple(dict.fromkeys(o for f in FORMATS.values() for o in f.export_options))
+
+
+def formats_taking(option: str) -> list[Format]:
+    """The formats whose ``sathmr export`` takes ``option`` (for the refusal that names them)."""
+    return [f for f in FORMATS.values() if option in f.export_options]
 
 
 def export_format(name: str) -> Format:

@@ -17,6 +17,7 @@ from sathmr.backends.formats import (
     EXPORT_ONLY,
     TRT_ACTIVATION_BUDGET_GB,
     export_format,
+    formats_taking,
 )
 from sathmr.backends.precision import EXPORT_PRECISIONS
 from sathmr.common.errors import SathmrError
@@ -47,7 +48,7 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
     if bad:
         raise SathmrError(f"{', '.join(bad)}: only with --static-budget (the default export has no token budgets)")
     row = export_format(fmt)
-    bad = [f"{flag(k)}: only with --format {'/'.join(f.export_as for f in _formats_taking(k))}"
+    bad = [f"{flag(k)}: only with --format {'/'.join(f.export_as for f in formats_taking(k))}"
            for k in EXPORT_ONLY if given.get(k) not in (None, False) and k not in row.export_options]
     if bad:
         raise SathmrError(f"{'; '.join(bad)} (not an option of --format {fmt})")
@@ -65,12 +66,6 @@ def validate_args(fmt: str, static_budget: bool, given: dict) -> None:
     if precision != "fp32" and static_budget:
         raise SathmrError(f"--precision {precision} applies after the token selection of the two-stage export; the "
                           "--static-budget graph holds stage A too, which stays fp32")
-
-
-def _formats_taking(option: str) -> list:
-    from sathmr.backends.formats import FORMATS
-
-    return [f for f in FORMATS.values() if option in f.export_options]
 
 
 def describe(art: Artifact) -> str:
