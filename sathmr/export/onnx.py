@@ -34,6 +34,7 @@ from sathmr.export.graphs import dynamic_shapes, graph_module, sample_inputs
 from sathmr.export.ort_fusions import TRANSLATIONS, fuse_residuals
 from sathmr.export.quantize import quantize_weights
 from sathmr.model.config import ModelConfig
+from sathmr.model.layers import folded_graphs
 from sathmr.model.sathmr import SATHMR
 from sathmr.model.tokens import TokenBudget, default_budget
 from sathmr.zoo.weights import load_network
@@ -89,7 +90,7 @@ def export_graph(model: SATHMR, graph: str, meta: ExportMeta, path: Path, simpli
     module = graph_module(graph, model, meta.precision).eval()
     inputs, outputs = GRAPHS[graph]
     # an exporter failure is a bug, not a user error: it keeps its traceback
-    with torch.no_grad(), warnings.catch_warnings(), quiet_exporter():
+    with torch.no_grad(), folded_graphs(), warnings.catch_warnings(), quiet_exporter():
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape.*")
         # torch's own pytree use inside the exporter (torch 2.13), nothing the user can act on
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)

@@ -7,7 +7,9 @@ What is quantised, and why this kind (measured; figures in the README's performa
   * **the MatMul weights of stages B/C and of the decoder's memory projections** — the Linears of the
     ViT blocks on the selected tokens and ``feature_proj`` (~80 % of the FLOPs), and the cross-attention
     key/value projections that every decoder layer applies to those ~2000 tokens
-    (``MEMORY_PROJECTIONS``; float32, they were ~10 % of the int8 graph's time on sat_644); nodes are
+    (``MEMORY_PROJECTIONS``; float32, they were ~10 % of the int8 graph's time on sat_644) where a graph
+    has them — graphs exported now fold the cross-attention onto the queries' side and never project the
+    memory (``sathmr.model.layers.folded_graphs``), so only exports of older releases do; nodes are
     picked by the module paths the exporter records on each node. The rest of the decoder (the 50
     queries' products) and the heads stay float32 for the reason bf16 keeps them
     (``sathmr.model.sathmr.precision_scopes``): cheap, but the source of most of the error — quantising

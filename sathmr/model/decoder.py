@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sathmr.model.geometry import inverse_sigmoid, sine_box
-from sathmr.model.layers import MLP, attention, frozen_inference, key_mask_bias
+from sathmr.model.layers import MLP, attention, fold_cross_attention, key_mask_bias
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -127,8 +127,9 @@ class Decoder(nn.Module):
         C = self.d_model
         mem_mask = key_mask_bias(mem_valid, memory.dtype)
         self_mask = None if self_blocked is None else ~self_blocked[None, None]
-        # eager inference: cross-attention folded onto the queries' side (see DecoderLayer.folded_cross_attention)
-        mem_cat = torch.cat((memory, mem_pos.to(memory.dtype)), -1) if frozen_inference() else None
+        # inference (eager, and the exported graphs): cross-attention folded onto the queries' side
+        # (see DecoderLayer.folded_cross_attention); training and torch.compile keep the original's arithmetic
+        mem_cat = torch.cat((memory, mem_pos.to(memory.dtype)), -1) if fold_cross_attention() else None
         c = tgt
         ref = ref_logit.sigmoid()   # anchor, detached from the previous layer's box head
         ref_grad = ref              # the same anchor with its gradient path, for the reported boxes

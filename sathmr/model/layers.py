@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -131,6 +134,25 @@ class Block(nn.Module):
             return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2.gamma)
         x = x + self.ls1(self.attn(self.norm1(x), mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+_FOLD_IN_GRAPHS = [False]
+
+
+@contextlib.contextmanager
+def folded_graphs() -> Iterator[None]:
+    """While inside, traced graphs (ONNX export) take the inference-only rewrites that keep every output
+    within rounding of the plain arithmetic (the decoder's folded cross-attention), not the weight caches."""
+    _FOLD_IN_GRAPHS[0] = True
+    try:
+        yield
+    finally:
+        _FOLD_IN_GRAPHS[0] = False
+
+
+def fold_cross_attention() -> bool:
+    """Eager inference, or a graph traced under :func:`folded_graphs`; never training or torch.compile."""
+    return frozen_inference() or (_FOLD_IN_GRAPHS[0] and not torch.is_grad_enabled())
 
 
 def frozen_inference() -> bool:
