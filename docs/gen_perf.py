@@ -116,6 +116,10 @@ def t_int8_full() -> str:
     return bench_tables(load("int8_export_full.json"), precision_only=True)
 
 
+def t_ort_full() -> str:
+    return bench_tables(load("ort_full.json"))
+
+
 def t_tiny_compile() -> str:
     return bench_tables(load("precision_tiny_compile.json"), precision_only=True)
 
@@ -222,7 +226,7 @@ def t_openvino() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "openvino": t_openvino,
     "results_summary": t_results_summary, "results": t_results, "scaling": t_scaling,
-    "precision_full": t_precision_full, "int8_full": t_int8_full, "tiny_compile": t_tiny_compile,
+    "precision_full": t_precision_full, "int8_full": t_int8_full, "ort_full": t_ort_full, "tiny_compile": t_tiny_compile,
     "precision_scenes": t_precision_scenes, "video_pipeline": t_video_pipeline, "serve_load": t_serve_load,
     "embedded_curve": t_embedded_curve, "previous_default": t_previous_default, "anim": t_anim,
 }

@@ -55,8 +55,8 @@ def session_options(ort, threads: int | None, cpu: bool = True):
 
     The memory arena stays on: without it every intermediate of a run is a fresh ``malloc``, and the
     large ones (a stage-C MLP activation is 1986 x 3072 floats) come from the kernel page by page on
-    every run — measured on sat_644, 2 cores: the ORT MLP of one stage-C block 111 → 92 ms, the whole
-    two-stage run ~15 % faster. What an arena costs with token axes that change from image to image (it
+    every run — measured on sat_644, 2 cores: the ORT MLP of one stage-C block 111 → 92 ms; the two-stage
+    run 0.80x → 0.88–0.99x PyTorch's (one interleaved run, both photos). What an arena costs with token axes that change from image to image (it
     would keep the largest image's buffers for good) is taken back after every run instead
     (:data:`CPU_RUN_CONFIG`, arena shrinkage), so the peak stays one image's.
 
