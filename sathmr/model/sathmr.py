@@ -18,7 +18,8 @@ from torch import nn
 
 from sathmr.model.config import ModelConfig
 from sathmr.model.decoder import Decoder
-from sathmr.model.geometry import bicubic_half_matrix, sine_xy
+from sathmr.model.embed import embed_cells, embed_grid, level_code_table, memory_pos_code
+from sathmr.model.geometry import bicubic_half_matrix
 from sathmr.model.layers import MLP, Block, Derived, batched_mlp, frozen_inference, max_pool2, mean_pool2, run_blocks, stack_mlps
 from sathmr.model.tokens import Selection, TokenBudget, TokenLayout, TokenSelector, cell_mask, token_layout, token_outputs
 
@@ -28,8 +29,11 @@ NET_OUTPUTS = ("pred_boxes", "pred_confs", "pred_pose6d", "pred_betas", "pred_ca
 
 
 def batched_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (B, N, ...) , idx (B, K) → (B, K, ...)."""
-    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
+    """x (B, N, ...) , idx (B, K) → (B, K, ...): one ``index_select`` on the flattened batch (a row copy,
+    2-4x faster on CPU than the equivalent advanced indexing)."""
+    B, N = x.shape[:2]
+    flat = idx + torch.arange(B, device=idx.device)[:, None] * N
+    return x.flatten(0, 1).index_select(0, flat.flatten()).view(B, idx.shape[1], *x.shape[2:])
 
 
 @dataclass
@@ -100,7 +104,7 @@ class SATHMR(nn.Module):
         self.register_buffer("mean_pose", torch.zeros(6 * J) if mean_pose is None else mean_pose.float().clone())
         self.register_buffer("mean_shape", torch.zeros(cfg.num_betas) if mean_shape is None else mean_shape.float().clone())
         self.register_buffer("_half", bicubic_half_matrix(cfg.grid0), persistent=False)
-        self._pos1, self._stacked_heads = Derived(), Derived()
+        self._pos1, self._pos_code, self._stacked_heads = Derived(), Derived(), Derived()
         self._init_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -151,8 +155,7 @@ class SATHMR(nn.Module):
         C, hc, wc = cfg.embed_dim, H // cfg.cell_size, W // cfg.cell_size
         cells = cell_mask(img_hw, hc, wc, cfg.pad_multiple)
         cls = self.encoder_cr_token.expand(B, 1, C)
-        t1 = self.encoder_patch_proj[1](mean_pool2(images)).flatten(2).transpose(1, 2)
-        t1 = t1 + self.level1_pos_table()[:hc, :wc].reshape(1, hc * wc, C)
+        t1 = embed_grid(self.encoder_patch_proj[1], mean_pool2(images), self.level1_pos_table())
         cells_valid = cells.flatten(1)
         key_valid = torch.cat((cells_valid.new_ones(B, 1), cells_valid), 1)
         if not always_mask and bool(cells_valid.all()):
@@ -180,11 +183,9 @@ class SATHMR(nn.Module):
         ks = sel.sat_idx.shape[1]
         valid0 = layout.valid[:, : 4 * ks]
         if ks > 0:
-            cells = images.view(B, 3, hc, cs, wc, cs).permute(0, 2, 4, 1, 3, 5).reshape(B, hc * wc, 3, cs, cs)
-            patches = batched_gather(cells, sel.sat_idx).reshape(B * ks, 3, cs, cs)
-            t0 = self.encoder_patch_proj[0](patches).flatten(2).transpose(1, 2).reshape(B, 4 * ks, C)
             y0, x0 = layout.y[:, : 4 * ks], layout.x[:, : 4 * ks]
-            t0 = t0 + batched_gather(self.encoder_pos_embeds.view(1, G0 * G0, C).expand(B, -1, -1), y0 * G0 + x0)
+            pos0 = self.encoder_pos_embeds.view(G0 * G0, C).index_select(0, (y0 * G0 + x0).flatten())
+            t0 = embed_cells(self.encoder_patch_proj[0], images, sel.sat_idx, cs, pos0)
             kv = torch.cat((ones, valid0), 1)
             T0 = run_blocks(self.encoder.blocks[: cfg.split_layer], torch.cat((cls, t0), 1),
                             None if not always_mask and bool(kv.all()) else kv)[:, 1:]
@@ -199,9 +200,11 @@ class SATHMR(nn.Module):
             kv, mem_valid = None, None
         seq = run_blocks(self.encoder.blocks[cfg.split_layer:], torch.cat((cls_a, T0, ctx), 1), kv)
         memory = self.feature_proj(self.encoder.norm(seq[:, 1:]))
-        grid = torch.tensor([cfg.grid0, cfg.grid1, cfg.grid2], dtype=torch.float32, device=images.device)[layout.lvl]
         # the sine code in the parameters' dtype (float32 under autocast: a bf16 position code loses precision)
-        pos = sine_xy((layout.x + 0.5) / grid, (layout.y + 0.5) / grid, C).to(self.level_embed.dtype) + self.level_embed[layout.lvl]
+        grids = (cfg.grid0, cfg.grid1, cfg.grid2)
+        table = self._pos_code.get(lambda: level_code_table(grids, self.level_embed), self.level_embed) \
+            if frozen_inference() else None                        # kept between eager forwards
+        pos = memory_pos_code(layout.y, layout.x, layout.lvl, grids, self.level_embed, table)
         return Memory(memory=memory, pos=pos, valid=mem_valid, layout=layout)
 
     def forward_decoder(self, mem: Memory, dn=None, all_layers: bool = True
