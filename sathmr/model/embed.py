@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sathmr.model.geometry import sine_embed, sine_xy
+from sathmr.model.geometry import grid_divmod, sine_embed, sine_xy
 
 
 def cell_strip(images: torch.Tensor, idx: torch.Tensor, cs: int) -> torch.Tensor:
@@ -30,8 +30,7 @@ def cell_strip(images: torch.Tensor, idx: torch.Tensor, cs: int) -> torch.Tensor
     """
     B, ch, H, W = images.shape
     wc, K = W // cs, idx.shape[1]
-    row = idx // wc
-    col = idx - row * wc                        # no ``%``: the ONNX exporter cannot take a symbolic one
+    row, col = grid_divmod(idx, wc)
     dev = idx.device
     plane = (torch.arange(B, device=dev)[:, None] * ch + torch.arange(ch, device=dev)) * H    # (B, ch) first rows
     line = plane[:, :, None, None] + (row * cs)[:, None, None, :] + torch.arange(cs, device=dev)[:, None]

@@ -19,6 +19,13 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def grid_divmod(idx: torch.Tensor, n) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of raster indices on a grid ``n`` wide (written without ``%``, which the ONNX
+    exporter cannot take with a symbolic ``n``)."""
+    row = idx // n
+    return row, idx - row * n
+
+
 def sine_embed(p: torch.Tensor, dim: int) -> torch.Tensor:
     """e(p): ``dim`` values per scalar, sin/cos interleaved, frequencies 2π / 20^(2k/dim).
 

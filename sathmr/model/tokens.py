@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sathmr.model.config import ModelConfig
+from sathmr.model.geometry import grid_divmod
 
 
 @dataclass(frozen=True)
@@ -162,24 +163,17 @@ CHILD_DY = (0, 0, 1, 1)
 CHILD_DX = (0, 1, 0, 1)
 
 
-def _divmod(idx: torch.Tensor, n) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column of raster indices on a grid ``n`` wide (written without ``%``, which the ONNX
-    exporter cannot take with a symbolic ``n``)."""
-    row = idx // n
-    return row, idx - row * n
-
-
 def token_layout(sel: Selection, hc: int, wc: int) -> TokenLayout:
     """Grid coordinates, levels and validity of the memory tokens [level 0 ; level 1 and 2]."""
     dev = sel.sat_idx.device
-    y1, x1 = _divmod(sel.sat_idx, wc)
+    y1, x1 = grid_divmod(sel.sat_idx, wc)
     y0 = (2 * y1[..., None] + torch.tensor(CHILD_DY, device=dev)).flatten(1)
     x0 = (2 * x1[..., None] + torch.tensor(CHILD_DX, device=dev)).flatten(1)
     valid0 = sel.sat_valid.repeat_interleave(4, dim=1)
     n1 = hc * wc
     is_l1 = sel.ctx_idx < n1
     g = (sel.ctx_idx - n1).clamp(min=0)
-    (y_1, x_1), (y_2, x_2) = _divmod(sel.ctx_idx, wc), _divmod(g, wc // 2)
+    (y_1, x_1), (y_2, x_2) = grid_divmod(sel.ctx_idx, wc), grid_divmod(g, wc // 2)
     cy = torch.where(is_l1, y_1, y_2)
     cx = torch.where(is_l1, x_1, x_2)
     return TokenLayout(
