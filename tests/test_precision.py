@@ -23,6 +23,7 @@ from sathmr.backends.precision import plan_precision
 from sathmr.cli import main
 from sathmr.common import hardware
 from sathmr.common.errors import SathmrError
+from sathmr.export.mlp_conv import mlps_as_matmuls
 from sathmr.export.onnx import quantize_export
 from sathmr.export.quantize import MEMORY_PROJECTIONS, module_path, module_scopes, quantised_nodes
 from sathmr.inputs.images import read_image
@@ -170,8 +171,9 @@ def test_int8_quantises_stages_b_and_c(tiny_export, int8_export):
     assert {"MultiHeadAttention", "SkipLayerNormalization"} <= tokens and "MatMul" in tokens
     fp32 = onnx.load(str(tiny_export.files["tokens"]), load_external_data=False)
     int8 = onnx.load(str(int8_export.files["tokens"]), load_external_data=False)
-    bc = quantised_nodes(fp32)
     cfg = tiny_export.meta.cfg
+    assert mlps_as_matmuls(fp32) == cfg.depth     # fp32 runs the MLPs as 1x1 convolutions (export.mlp_conv)
+    bc = quantised_nodes(fp32)
     # qkv, proj, fc1, fc2 of every block (stage B: 0..split-1, C: the rest) + feature_proj; the decoder never
     # projects the memory in an exported graph (its cross-attention is folded onto the queries' side)
     assert len(bc) == 4 * cfg.depth + 1

@@ -32,7 +32,7 @@ from sathmr.backends.ir import IR_SUFFIX, RT_INFO_KEY
 from sathmr.backends.meta import Artifact, ExportMeta, read_artifact
 from sathmr.common.errors import SathmrError
 from sathmr.common.optional import require
-from sathmr.export.onnx import replace_folder
+from sathmr.export.onnx import EXTERNAL_DATA_BYTES, replace_folder
 
 log = logging.getLogger("sathmr.export")
 #: what the converter copies from the ONNX file into rt_info (a second, stale copy of the metadata)
@@ -45,9 +45,12 @@ def stage_bc_products(onnx_file: Path) -> set[str]:
     the ONNX node names as the operations' friendly names)."""
     import onnx
 
+    from sathmr.export.mlp_conv import mlps_as_matmuls
     from sathmr.export.quantize import quantised_nodes
 
-    return set(quantised_nodes(onnx.load(str(onnx_file), load_external_data=False)))
+    proto = onnx.load(str(onnx_file))
+    mlps_as_matmuls(proto)                   # the form OpenVINO converts (matmul_form; it moves weights)
+    return set(quantised_nodes(proto))
 
 
 def compressed_products(model) -> set[str]:
@@ -84,6 +87,23 @@ def compress_stage_bc(model, chosen: set[str]):
     return model
 
 
+def matmul_form(onnx_file: Path, tmp: Path) -> Path:
+    """The ONNX file to convert: an fp32 ONNX Runtime export runs its MLPs as calls of a model-local
+    function (1×1 convolutions, ``sathmr.export.mlp_conv``) that OpenVINO's frontend does not inline; their
+    MatMul form is written to ``tmp``. Other files are converted as they are."""
+    import onnx
+
+    from sathmr.export.mlp_conv import mlps_as_matmuls
+
+    proto = onnx.load(str(onnx_file))
+    if not mlps_as_matmuls(proto):
+        return onnx_file
+    out = tmp / onnx_file.name
+    onnx.save_model(proto, str(out), save_as_external_data=proto.ByteSize() > EXTERNAL_DATA_BYTES,
+                    location=out.name + ".data")
+    return out
+
+
 def convert_export(source: str | Path, output: str | Path, precision: str = "fp32") -> Artifact:
     """The OpenVINO IR of the fp32 two-stage ONNX export ``source``, at ``precision``, into the folder
     ``output`` (written beside it and moved into place when complete)."""
@@ -101,9 +121,12 @@ def convert_export(source: str | Path, output: str | Path, precision: str = "fp3
         folder.mkdir()
         for graph, onnx_file in art.files.items():
             t0 = time.perf_counter()
-            model = ov.convert_model(str(onnx_file))
+            source_file = matmul_form(onnx_file, Path(tmp))
+            model = ov.convert_model(str(source_file))
             if precision == "int8" and graph == "tokens":
-                model = compress_stage_bc(model, stage_bc_products(onnx_file))
+                model = compress_stage_bc(model, stage_bc_products(source_file))
+            if source_file != onnx_file:
+                source_file.unlink()
             write_ir(ov, model, meta, graph, folder / f"{graph}{IR_SUFFIX}")
             log.info("  %s: %s%s in %.1f s", graph, graph, IR_SUFFIX, time.perf_counter() - t0)
             del model

@@ -1,6 +1,6 @@
 """Fusions that make the exported graphs fast on ONNX Runtime (the default ``--format onnx`` target).
 
-Three rewrites, all keeping the arithmetic (measured parity ≤ 1e-5 relative on every output):
+Four rewrites, all keeping the arithmetic (measured parity ≤ 1e-5 relative on every output):
 
   * **Attention** — every self-attention whose query, key and value share one head size (the 15 ViT
     blocks, the decoder's self-attention) is exported as one ``com.microsoft.MultiHeadAttention`` node
@@ -15,6 +15,8 @@ Three rewrites, all keeping the arithmetic (measured parity ≤ 1e-5 relative on
   * **Residual and bias fusions** of ONNX Runtime's own transformer optimizer
     (``onnxruntime.transformers``): Add + LayerNormalization → SkipLayerNormalization, bias Add + GELU →
     BiasGelu.
+  * **MLPs as 1×1 convolutions** (fp32 only, :mod:`sathmr.export.mlp_conv`): what its CPU runs faster
+    than the same products as MatMuls.
 
 All use ONNX Runtime contrib operators, which other runtimes do not have: ``sathmr export --portable``
 (and the TensorRT build) leave them out.
@@ -33,6 +35,7 @@ from onnxscript.function_libs.torch_lib.ops.nn import aten_scaled_dot_product_at
 from onnxscript.values import Op, Opset
 
 from sathmr.common.optional import require
+from sathmr.export.mlp_conv import mlps_as_convs
 
 log = logging.getLogger("sathmr.export")
 
@@ -133,8 +136,9 @@ def skip_full_masks(graph: onnx.GraphProto) -> int:
     return wrapped
 
 
-def fuse_residuals(path: Path, cfg) -> None:
-    """ONNX Runtime's transformer optimizer in place (SkipLayerNormalization, BiasGelu), metadata kept."""
+def fuse_residuals(path: Path, cfg, mlp_convs: bool = False) -> None:
+    """ONNX Runtime's transformer optimizer in place (SkipLayerNormalization, BiasGelu), metadata kept;
+    ``mlp_convs``: the blocks' MLPs then as 1×1 convolutions for its CPU kernels (fp32, :mod:`.mlp_conv`)."""
     optimizer = require("onnxruntime.transformers.optimizer")
     options = require("onnxruntime.transformers.fusion_options").FusionOptions("vit")
     options.enable_attention = False          # attention is already one node (see above)
@@ -147,6 +151,8 @@ def fuse_residuals(path: Path, cfg) -> None:
     fused_proto = model.model
     if n := skip_full_masks(fused_proto.graph):
         fused["MultiHeadAttention (mask skipped when all keys valid)"] = n
+    if mlp_convs and (n := mlps_as_convs(fused_proto)):
+        fused["MLP as 1x1 convolutions"] = n
     del fused_proto.metadata_props[:]
     for k, v in props.items():
         fused_proto.metadata_props.add(key=k, value=v)

@@ -40,6 +40,7 @@ import onnx
 
 from sathmr.common import hardware
 from sathmr.common.optional import require
+from sathmr.export.mlp_conv import mlps_as_matmuls
 
 log = logging.getLogger("sathmr.export")
 QUANTISED_OPS = ("MatMul", "Gemm")
@@ -202,6 +203,7 @@ def quantize_weights(path: Path, output: Path | None = None, props: dict[str, st
     props = props if props is not None else {p.key: p.value for p in original.metadata_props}
     before = path.stat().st_size + sum((path.parent / f).stat().st_size for f in sides)
     drop_initializer_value_info(original)
+    mlps_as_matmuls(original)            # an fp32 export's MLPs are 1x1 convolutions (mlp_conv); int8 takes MatMuls
     tmp = output.with_name(f".{output.name}.int8")
     wtype = weight_type()
     with _quiet_root_logger():
