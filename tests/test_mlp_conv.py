@@ -49,7 +49,6 @@ def test_onnx_runtime_runs_them_on_its_nchwc_convolutions(tiny_export, tmp_path)
     assert kinds.count(("Conv", "com.microsoft.nchwc")) >= 2 * calls
 
 
-
 def test_the_matmul_form_comes_back_exactly(tiny_export):
     """int8 quantises MatMuls: mlps_as_matmuls undoes the rewrite, and rewriting again gives the file's graph
     byte for byte (same nodes, names, weights and module paths)."""

@@ -4,15 +4,17 @@ Why: a block's MLP (fc1 → GELU → fc2) is a 1×1 convolution over the tokens 
 image, and ONNX Runtime's CPU convolutions (MLAS's NCHWc kernels) run those two products faster than
 its MatMul (MLAS's SGEMM) does — the products are the same, the cache blocking is not. Measured on
 sat_644 (Xeon with AVX-512, 2 threads, alternated): one stage-C MLP of 1986 tokens 128 → 111 ms
-(PyTorch/MKL: 104 ms), 1109 tokens 79 → 62 ms; the whole two-stage ORT network went from 0.91× to
-1.03× PyTorch's forward on the first test photo and from 1.15× to 1.27× on the second.
+(PyTorch/MKL: 104 ms), 1109 tokens 79 → 62 ms; ONNX Runtime's kernel time per image −20 % (tokens
+graph) and −24 % (scale map). Against PyTorch's forward, interleaved on a noisy host, the two-stage ORT
+network went from 0.90× to 0.93× (min) on the first test photo and from 0.83× to 0.92× on the second
+(one quieter run: 1.03× and 1.27×).
 
 How: each ``MatMul(x, W1) → BiasGelu(·, b1) → MatMul(·, W2)`` with constant weights becomes one call of
 the model-local function ``sathmr.TokenMlp(x, W1, b1, W2)``, its two weights stored in convolution layout
 under their own names (the file does not grow). ONNX Runtime inlines the function when it loads the
 graph and turns the layout transposes around the convolutions into its own ReorderInput/ReorderOutput
 (~1 ms each). Weights in convolution layout in the file, not transposed in the graph: a transpose that
-ONNX Runtime folds at load time kept ~300 MB more resident on sat_644 (1.93 against 1.67 GB; the
+ONNX Runtime folds at load time kept ~250 MB more resident on sat_644 (1.93 against 1.69 GB; the
 MatMul form: 1.29 GB, whose packed weights replace the file's). :func:`mlps_as_matmuls` restores the
 MatMul form exactly, for what needs MatMuls: the int8 quantiser and OpenVINO's converter, whose ONNX
 frontend does not inline the function.

@@ -121,7 +121,8 @@ def convert_export(source: str | Path, output: str | Path, precision: str = "fp3
         folder.mkdir()
         for graph, onnx_file in art.files.items():
             t0 = time.perf_counter()
-            source_file = matmul_form(onnx_file, Path(tmp))
+            # only ONNX Runtime-target graphs can hold the MLP calls: the portable ones (the default) convert as they are
+            source_file = matmul_form(onnx_file, Path(tmp)) if art.meta.target == "onnxruntime" else onnx_file
             model = ov.convert_model(str(source_file))
             if precision == "int8" and graph == "tokens":
                 model = compress_stage_bc(model, stage_bc_products(source_file))
