@@ -82,9 +82,19 @@ def test_graphs_have_dynamic_axes_no_data_dependent_ops_and_metadata(tiny_export
                 branches = {a.name: a.g for a in node.attribute}
                 assert {k: [n.op_type for n in b.node] for k, b in branches.items()} == \
                     {"then_branch": ["MultiHeadAttention"], "else_branch": ["MultiHeadAttention"]}, graph
-                assert len(branches["then_branch"].node[0].input) == 3, graph        # every key valid: no mask
-                assert len(branches["else_branch"].node[0].input) == 5, graph
+                plain, masked = (list(branches[k].node[0].input) for k in ("then_branch", "else_branch"))
+                assert len(masked) == 5 and masked[4], graph                   # the key-padding mask
+                assert plain == masked[:len(plain)] and len(plain) < 5, graph   # every key valid: no mask
         assert any(n.op_type == "If" for n in proto.graph.node), graph
+        # fp32: each ViT block's attention reads q, k and v from their own products and adds the qkv bias
+        attentions = [a.g.node[0] for n in proto.graph.node if n.op_type == "If" for a in n.attribute]
+        qkv_bias = {t.name for t in proto.graph.initializer if t.name.endswith("attn.qkv.bias")}
+        assert qkv_bias and qkv_bias <= {i for n in attentions for i in n.input}, graph
+        producer = {o: n for n in proto.graph.node for o in n.output}
+        fed = [n for n in attentions if n.input[3] in qkv_bias]
+        assert all(producer[i].op_type == "MatMul" for n in fed for i in n.input[:3]), graph
+        assert not any(t.name.endswith("attn.qkv.weight") for t in proto.graph.initializer), graph   # split in three
+        assert not any(n.op_type == "SkipLayerNormalization" for n in proto.graph.node), graph   # fp32: the CPU's form
         assert not graph_op_types(f) - {"If"} & DATA_DEPENDENT, graph
         dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
         assert tuple(dims) == GRAPHS[graph][0]
@@ -275,8 +285,9 @@ def test_portable_graph_has_standard_ops_only(tiny_random, tiny_export, items, t
     domains = {n.domain for n in onnx.load(str(path), load_external_data=False).graph.node}
     assert domains <= {"", "ai.onnx"}, domains
     assert not graph_op_types(path) & DATA_DEPENDENT           # what TensorRT builds from: no If either
-    fused = {n.domain for n in onnx.load(str(tiny_export.files["scale_map"]), load_external_data=False).graph.node}
-    assert "com.microsoft" in fused
+    proto = onnx.load(str(tiny_export.files["scale_map"]), load_external_data=False)
+    fused = {n.domain for node in proto.graph.node for a in node.attribute if a.type == a.GRAPH for n in a.g.node}
+    assert "com.microsoft" in fused                                 # the default's attentions (in its If)
     x, hw = collate([items["portrait"]])
     feeds = {"images": x.numpy(), "img_hw": hw.numpy()}
     a = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)

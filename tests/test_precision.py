@@ -168,15 +168,16 @@ def test_int8_quantises_stages_b_and_c(tiny_export, int8_export):
     tokens = graph_op_types(int8_export.files["tokens"])
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= tokens
     # the ORT contrib operators stay; decoder and head products stay float MatMuls
-    assert {"MultiHeadAttention", "SkipLayerNormalization"} <= tokens and "MatMul" in tokens
+    assert {"MultiHeadAttention", "LayerNormalization"} <= tokens and "MatMul" in tokens
     fp32 = onnx.load(str(tiny_export.files["tokens"]), load_external_data=False)
     int8 = onnx.load(str(int8_export.files["tokens"]), load_external_data=False)
     cfg = tiny_export.meta.cfg
     assert mlps_as_matmuls(fp32) == cfg.depth     # fp32 runs the MLPs as 1x1 convolutions (export.mlp_conv)
     bc = quantised_nodes(fp32)
-    # qkv, proj, fc1, fc2 of every block (stage B: 0..split-1, C: the rest) + feature_proj; the decoder never
-    # projects the memory in an exported graph (its cross-attention is folded onto the queries' side)
-    assert len(bc) == 4 * cfg.depth + 1
+    # q, k, v (three products in fp32 exports, ort_fusions.qkv_into_attention), proj, fc1, fc2 of every block
+    # (stage B: 0..split-1, C: the rest) + feature_proj; the decoder never projects the memory in an exported
+    # graph (its cross-attention is folded onto the queries' side)
+    assert len(bc) == 6 * cfg.depth + 1
     assert not any(s.endswith(MEMORY_PROJECTIONS) for n in fp32.graph.node for s in module_scopes(n))
     assert sum(n.op_type == "MatMulInteger" for n in int8.graph.node) == len(bc)
     float_mm = [n for n in int8.graph.node if n.op_type == "MatMul"]

@@ -64,7 +64,7 @@ def _relayout(tensor: onnx.TensorProto, conv: bool) -> None:
     tensor.CopyFrom(numpy_helper.from_array(w, tensor.name))
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, int]:
+def readers_of(graph: onnx.GraphProto) -> dict[str, int]:
     """How many nodes (subgraphs included) and graph outputs read each tensor."""
     count: dict[str, int] = {o.name: 1 for o in graph.output}
 
@@ -86,7 +86,7 @@ def mlps_as_convs(model: onnx.ModelProto) -> int:
     tensors = {t.name: t for t in graph.initializer}
     consts = {name: len(t.dims) for name, t in tensors.items()}
     producer = {o: node for node in graph.node for o in node.output}
-    readers = _consumers(graph)
+    readers = readers_of(graph)
     fc2_of = {node.input[0]: node for node in graph.node if node.op_type == "MatMul"}
     calls: dict[int, onnx.NodeProto] = {}
     dropped: set[int] = set()

@@ -104,7 +104,7 @@ def export_graph(model: SATHMR, graph: str, meta: ExportMeta, path: Path, simpli
     if simplify:
         simplify_onnx(path, external)
     if meta.target == "onnxruntime":
-        fuse_residuals(path, model.cfg, mlp_convs=meta.precision == "fp32")
+        fuse_residuals(path, model.cfg, cpu_kernels=meta.precision == "fp32")
     if meta.precision == "int8" and graph == "tokens":
         quantize_weights(path)
     try:
