@@ -15,7 +15,7 @@ What is quantised, and why this kind (measured; figures in the README's performa
     (``sathmr.model.sathmr.precision_scopes``): cheap, but the source of most of the error — quantising
     them too moved joints 27 mm on the embedded model's synthetic scenes. The attention
     products of activations stay float as well (``MatMulConstBOnly``). ONNX Runtime's contrib operators of
-    the default target (MultiHeadAttention, SkipLayerNormalization, BiasGelu) pass through unchanged:
+    the default target (MultiHeadAttention, BiasGelu, SkipLayerNormalization where fused) pass through unchanged:
     the quantiser only rewrites the MatMul nodes that feed them (MatMulInteger + DynamicQuantizeLinear,
     standard ONNX operators, which ONNX Runtime fuses into DynamicQuantizeMatMul when it loads the graph).
   * **int8 weights on CPUs with VNNI/AMX, uint8 elsewhere** (:func:`weight_type`, decided by the CPU that
