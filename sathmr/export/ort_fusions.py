@@ -202,37 +202,36 @@ def qkv_into_attention(graph: onnx.GraphProto) -> int:
         matmul = producer.get(next((name for name in add.input if name not in bias), ""))
         weight = consts.get(matmul.input[1]) if matmul is not None and matmul.op_type == "MatMul" else None
         if len(bias) != 1 or weight is None or len(weight.dims) != 2 or weight.dims[1] != 3 * weight.dims[0] \
-                or readers.get(matmul.output[0]) != 1:
+                or list(consts[bias[0]].dims) != [weight.dims[1]] or readers.get(matmul.output[0]) != 1:
             continue
         w, c = numpy_helper.to_array(weight), weight.dims[0]
+        at = list(graph.node).index(matmul)
         outputs = []
         for i, part in enumerate("qkv"):
             graph.initializer.append(numpy_helper.from_array(w[:, i * c:(i + 1) * c].copy(), f"{weight.name}.{part}"))
             third = onnx.helper.make_node("MatMul", [matmul.input[0], f"{weight.name}.{part}"],
                                           [f"{matmul.output[0]}.{part}"], name=f"{matmul.name or matmul.output[0]}.{part}")
             third.metadata_props.extend(matmul.metadata_props)       # the module path int8 picks by
-            graph.node.insert(list(graph.node).index(matmul), third)
+            graph.node.insert(at + i, third)
             outputs.append(third.output[0])
         node.input[:] = outputs + [bias[0]] + list(node.input[4:])
         if readers[weight.name] == 1:
             graph.initializer.remove(weight)
+        rewired += 1        # each block's chain is its own: the maps stay valid for the other blocks
+    if rewired:
         drop_unread(graph)
-        consts = {t.name: t for t in graph.initializer}
-        producer = {o: n for n in graph.node for o in n.output}
-        readers = readers_of(graph)
-        rewired += 1
     return rewired
 
 
 def drop_unread(graph: onnx.GraphProto) -> None:
-    """Remove the main graph's nodes whose outputs nothing reads (what a rewiring left behind)."""
-    while True:
-        readers = readers_of(graph)
-        dead = [n for n in graph.node if not any(readers.get(o) for o in n.output)]
-        if not dead:
-            return
-        for n in dead:
-            graph.node.remove(n)
+    """Remove the main graph's nodes whose outputs nothing reads (what a rewiring left behind): one
+    pass from the end of the (topologically ordered) node list, so a dead chain goes at once."""
+    readers = readers_of(graph)
+    for node in reversed(list(graph.node)):
+        if not any(readers.get(o) for o in node.output):
+            graph.node.remove(node)
+            for name in node.input:
+                readers[name] = readers.get(name, 0) - 1
 
 
 def fuse_residuals(path: Path, cfg, cpu_kernels: bool = False) -> None:
